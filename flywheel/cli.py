@@ -1,0 +1,120 @@
+"""The `flywheel` command.
+
+    flywheel run      --robot sim --episodes 5 --dataset.root=DIR   daemon + teleop, supervised
+    flywheel rollout  --robot sim ...                                the rollout daemon alone
+    flywheel teleop   --robot sim ...                                the teleop process alone
+    flywheel record   --robot sim --episodes 3 ...                   operator-only demonstrations
+
+Flags are LeRobot's draccus style (--robot.type=sim --robot.task=push-v3 --dataset.root=DIR);
+`--robot NAME` first loads configs/robots/NAME.yaml. `flywheel COMMAND --help` lists every option.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import draccus
+
+from flywheel import presets
+from flywheel.configs import RecordConfig, RolloutConfig, RunConfig, TeleopProcessConfig
+
+
+@dataclass
+class Command:
+    config_class: type
+    main: Callable
+    summary: str
+
+
+def _rollout(cfg: RolloutConfig) -> int:
+    from flywheel.rollout.daemon import RolloutDaemon
+
+    daemon = RolloutDaemon(cfg)
+    signal.signal(signal.SIGINT, lambda *_: daemon.stop())
+    signal.signal(signal.SIGTERM, lambda *_: daemon.stop())
+    results = daemon.run()
+    _print_summary(results)
+    return 0
+
+
+def _record(cfg: RecordConfig) -> int:
+    return _rollout(cfg.rollout_config())
+
+
+def _teleop(cfg: TeleopProcessConfig) -> int:
+    import threading
+
+    from teleop.process import run_teleop
+
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    run_teleop(cfg, stop)
+    return 0
+
+
+def _run(cfg: RunConfig) -> int:
+    from flywheel.supervisor import run
+
+    return run(cfg)
+
+
+def _print_summary(results) -> None:
+    print(f"{'episode':>7}  {'frames':>6}  {'success':>7}  {'data_type':>12}  {'interv.':>7}  end")
+    for r in results:
+        print(
+            f"{r.index:>7}  {r.frames:>6}  {r.success!s:>7}  {r.data_type or 'discarded':>12}  "
+            f"{r.intervention_frames:>7}  {r.end_reason}"
+        )
+    if results:
+        worst = max(results, key=lambda r: r.cadence.lateness_p99_ms).cadence
+        print(worst.line())
+
+
+COMMANDS: dict[str, Command] = {
+    "run": Command(RunConfig, _run, "rollout daemon + teleop process, supervised"),
+    "rollout": Command(
+        RolloutConfig, _rollout, "the rollout daemon: policy on the robot, takeovers, recording"
+    ),
+    "teleop": Command(
+        TeleopProcessConfig, _teleop, "the teleop process: operator device and pedal over ZeroMQ"
+    ),
+    "record": Command(RecordConfig, _record, "operator-only demonstrations (data_type=demo)"),
+}
+
+
+def usage() -> str:
+    lines = [__doc__.strip(), "", "commands:"]
+    lines += [f"  {name:<9} {cmd.summary}" for name, cmd in COMMANDS.items()]
+    lines += ["", f"robot presets (configs/robots): {', '.join(presets.available())}"]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"flywheel: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    command = COMMANDS[name]
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    try:
+        args = presets.expand(rest, command.config_class)
+        cfg = draccus.parse(command.config_class, args=args, prog=f"flywheel {name}")
+    except ValueError as e:
+        print(f"flywheel {name}: {e}", file=sys.stderr)
+        return 2
+    return command.main(cfg) or 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

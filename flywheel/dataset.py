@@ -1,0 +1,192 @@
+"""The flywheel's dataset: LeRobotDataset v3 plus the fields RECAP needs (docs/dataset.md).
+
+Per frame, besides the robot's `observation.*` and `action`:
+    intervention    bool   the operator's action was sent on this tick
+    policy_version  int64  the policy version that was loaded (0: none, operator-only demos)
+    next.reward     float  1.0 on the last frame of a successful episode, else 0.0
+    next.done       bool   True on the last frame of the episode
+Per episode (extra columns of meta/episodes, next to LeRobot's own):
+    data_type       str    demo | auto | intervention
+    success         bool
+    num_intervention_frames, policy_versions, operator, robot, seed, end_reason
+
+Append-only: each saved episode is written to its own data and metadata parquet files, closed
+(with footers) before the next episode starts, so a crash loses at most the episode in progress and
+never touches what is saved.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from lerobot.datasets.utils import hw_to_dataset_features, load_episodes
+
+log = logging.getLogger(__name__)
+
+# LeRobot's stats code converts the bool columns (intervention, next.done) and says so every episode.
+warnings.filterwarnings("ignore", message="Converting input from bool", category=RuntimeWarning)
+
+INTERVENTION = "intervention"
+POLICY_VERSION = "policy_version"
+REWARD = "next.reward"
+DONE = "next.done"
+
+FLYWHEEL_FRAME_FEATURES: dict[str, dict[str, Any]] = {
+    INTERVENTION: {"dtype": "bool", "shape": (1,), "names": None},
+    POLICY_VERSION: {"dtype": "int64", "shape": (1,), "names": None},
+    REWARD: {"dtype": "float32", "shape": (1,), "names": None},
+    DONE: {"dtype": "bool", "shape": (1,), "names": None},
+}
+
+
+class DataType(StrEnum):
+    DEMO = "demo"  # operator only (flywheel record)
+    AUTO = "auto"  # the policy acted on every frame
+    INTERVENTION = "intervention"  # the operator took over on at least one frame
+
+
+@dataclass
+class EpisodeInfo:
+    """What the flywheel adds to LeRobot's per-episode metadata."""
+
+    data_type: DataType
+    success: bool
+    num_intervention_frames: int = 0
+    policy_versions: list[int] = field(default_factory=list)
+    operator: str = ""
+    robot: str = ""
+    seed: int = -1  # scene seed in simulation, -1 on a real arm
+    end_reason: str = ""  # success | timeout | operator_success | operator_failure
+
+    def columns(self) -> dict[str, Any]:
+        row = asdict(self)
+        row["data_type"] = str(self.data_type)
+        return row
+
+
+EPISODE_COLUMNS = tuple(EpisodeInfo.__dataclass_fields__)
+
+
+def dataset_features(observation_features: dict, action_features: dict, use_videos: bool) -> dict:
+    """LeRobot dataset features for a robot's observation/action features plus the flywheel's."""
+    return {
+        **hw_to_dataset_features(observation_features, "observation", use_video=use_videos),
+        **hw_to_dataset_features(action_features, "action", use_video=use_videos),
+        **FLYWHEEL_FRAME_FEATURES,
+    }
+
+
+def open_for_append(
+    root: Path, repo_id: str, fps: int, features: dict, robot_type: str, use_videos: bool
+) -> LeRobotDataset:
+    """Open the dataset at `root` to append episodes, or create it if it does not exist.
+
+    An existing dataset must have been recorded with the same features and fps: appending frames of
+    another shape would make it unreadable, so that is refused with the field that differs.
+    """
+    root = Path(root)
+    if not (root / "meta" / "info.json").exists():
+        if root.exists() and any(root.iterdir()):
+            raise FileExistsError(f"dataset.root: {root} exists, is not empty and holds no LeRobot dataset")
+        return LeRobotDataset.create(
+            repo_id,
+            fps,
+            features,
+            root=root,
+            robot_type=robot_type,
+            use_videos=use_videos,
+            metadata_buffer_size=1,
+        )
+    quarantine_unindexed_files(root)
+    dataset = LeRobotDataset(repo_id, root=root)
+    _check_compatible(dataset, fps, features)
+    dataset.meta.metadata_buffer_size = 1
+    return dataset
+
+
+def _check_compatible(dataset: LeRobotDataset, fps: int, features: dict) -> None:
+    if dataset.fps != fps:
+        raise ValueError(f"fps: {fps} differs from the existing dataset's {dataset.fps} at {dataset.root}")
+    for key, ft in features.items():
+        old = dataset.features.get(key)
+        if old is None:
+            raise ValueError(f"features.{key}: missing from the existing dataset at {dataset.root}")
+        if old["dtype"] != ft["dtype"] or tuple(old["shape"]) != tuple(ft["shape"]):
+            raise ValueError(
+                f"features.{key}: {ft['dtype']}{tuple(ft['shape'])} differs from the existing "
+                f"{old['dtype']}{tuple(old['shape'])} at {dataset.root}"
+            )
+
+
+def save_episode(dataset: LeRobotDataset, info: EpisodeInfo) -> None:
+    """Save the buffered episode with the flywheel's per-episode columns, then seal its files.
+
+    LeRobot 0.4.4 has no hook for extra per-episode metadata, so the columns are merged into the
+    metadata row on its way to `meta.save_episode`.
+    """
+    meta = dataset.meta
+    original = meta.save_episode
+
+    def save_with_columns(episode_index, episode_length, episode_tasks, episode_stats, episode_metadata):
+        original(
+            episode_index,
+            episode_length,
+            episode_tasks,
+            episode_stats,
+            {**episode_metadata, **info.columns()},
+        )
+
+    meta.save_episode = save_with_columns
+    try:
+        dataset.save_episode()
+    finally:
+        del meta.save_episode
+    _seal(dataset)
+
+
+def _seal(dataset: LeRobotDataset) -> None:
+    """Close the parquet writers so the episode's files are complete on disk, and make the next
+    episode start new files (LeRobot would otherwise reopen the last file and truncate it)."""
+    dataset.finalize()
+    dataset._writer_closed_for_reading = True  # data: the next episode goes to the next file
+    # metadata: back to the state of a freshly opened dataset, whose next episode takes a new file
+    dataset.meta.episodes = load_episodes(dataset.root)
+    dataset.meta.latest_episode = None
+
+
+def quarantine_unindexed_files(root: Path) -> list[Path]:
+    """Move data files that no saved episode refers to (a crash between writing an episode's data
+    and its metadata) into `root/quarantine/`, so the dataset loads. Nothing is deleted."""
+    episodes_dir = root / "meta" / "episodes"
+    referenced: set[Path] = set()
+    for path in sorted(episodes_dir.glob("*/*.parquet")):
+        df = pd.read_parquet(path, columns=["data/chunk_index", "data/file_index"])
+        for chunk, file in zip(df["data/chunk_index"], df["data/file_index"], strict=True):
+            referenced.add(root / "data" / f"chunk-{chunk:03d}" / f"file-{file:03d}.parquet")
+    moved = []
+    for path in sorted((root / "data").glob("*/*.parquet")):
+        if path not in referenced:
+            target = root / "quarantine" / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(path, target)
+            log.warning("moved %s, which no saved episode refers to, to %s", path, target)
+            moved.append(target)
+    return moved
+
+
+def episode_table(dataset: LeRobotDataset) -> pd.DataFrame:
+    """One row per saved episode: index, length, tasks and the flywheel's columns."""
+    episodes = dataset.meta.episodes
+    columns = ["episode_index", "length", "tasks", *EPISODE_COLUMNS]
+    missing = [c for c in columns if c not in episodes.column_names]
+    if missing:
+        raise ValueError(f"meta/episodes: the dataset at {dataset.root} has no column(s) {missing}")
+    return episodes.select_columns(columns).to_pandas()

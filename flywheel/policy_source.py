@@ -1,0 +1,112 @@
+"""Policies as the rollout daemon sees them: something that turns an observation into a chunk of
+actions. A LeRobot pretrained policy (any type with predict_action_chunk), or a baseline."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from flywheel.configs import PolicySourceConfig
+
+log = logging.getLogger(__name__)
+
+
+class ChunkPolicy(Protocol):
+    version: int
+
+    def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
+        """Actions for the next steps, shape (steps, action_dim), in the robot's action order."""
+        ...
+
+    def reset(self) -> None: ...
+
+
+def hold_action(observation: dict[str, Any], action_names: list[str]) -> np.ndarray:
+    """The action that keeps the robot where it is: the current joint positions for position-
+    controlled arms (action keys that are observation keys), zero for delta-controlled ones."""
+    return np.array([float(observation.get(name, 0.0)) for name in action_names], dtype=np.float32)
+
+
+class HoldPolicy:
+    def __init__(self, action_names: list[str], version: int, chunk: int = 10):
+        self.action_names, self.version, self.chunk = action_names, version, chunk
+
+    def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
+        return np.tile(hold_action(observation, self.action_names), (self.chunk, 1))
+
+    def reset(self) -> None:
+        pass
+
+
+class RandomWalkPolicy:
+    """A deliberately poor policy: a smooth random walk away from the hold action. It drifts,
+    so a simulated operator has something to correct."""
+
+    def __init__(self, action_names: list[str], version: int, seed: int, chunk: int = 10, scale: float = 0.3):
+        self.action_names, self.version, self.chunk, self.scale = action_names, version, chunk, scale
+        self._rng = np.random.default_rng(seed)
+        self._velocity = np.zeros(len(action_names), dtype=np.float32)
+
+    def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
+        base = hold_action(observation, self.action_names)
+        steps = []
+        for _ in range(self.chunk):
+            self._velocity = 0.9 * self._velocity + self._rng.normal(0, self.scale, len(self.action_names))
+            steps.append(base + self._velocity)
+        return np.asarray(steps, dtype=np.float32)
+
+    def reset(self) -> None:
+        self._velocity[:] = 0.0
+
+
+class LeRobotChunkPolicy:
+    """Any LeRobot pretrained policy folder, with its saved pre/post-processors."""
+
+    def __init__(
+        self, path: Path, dataset_features: dict, action_names: list[str], version: int, device: str
+    ):
+        from lerobot.configs.policies import PreTrainedConfig
+        from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+
+        if not (Path(path) / "config.json").exists():
+            raise FileNotFoundError(
+                f"policy.path: {path} has no config.json (a LeRobot pretrained_model folder)"
+            )
+        cfg = PreTrainedConfig.from_pretrained(path)
+        cfg.device = device
+        self.policy = get_policy_class(cfg.type).from_pretrained(path, config=cfg)
+        self.policy.eval()
+        self.preprocess, self.postprocess = make_pre_post_processors(
+            cfg, pretrained_path=str(path), preprocessor_overrides={"device_processor": {"device": device}}
+        )
+        self.features, self.action_names, self.version = dataset_features, action_names, version
+
+    def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
+        import torch
+        from lerobot.datasets.utils import build_dataset_frame
+        from lerobot.policies.utils import prepare_observation_for_inference
+
+        frame = build_dataset_frame(self.features, observation, prefix="observation")
+        batch = prepare_observation_for_inference(
+            frame, torch.device(self.policy.config.device), task, robot_type=None
+        )
+        with torch.inference_mode():
+            chunk = self.policy.predict_action_chunk(self.preprocess(batch))
+            chunk = self.postprocess(chunk)
+        return chunk.squeeze(0).float().cpu().numpy()
+
+    def reset(self) -> None:
+        self.policy.reset()
+
+
+def make_chunk_policy(
+    cfg: PolicySourceConfig, dataset_features: dict, action_names: list[str]
+) -> ChunkPolicy:
+    if cfg.path is not None:
+        return LeRobotChunkPolicy(cfg.path, dataset_features, action_names, cfg.version, cfg.device)
+    if cfg.baseline == "random":
+        return RandomWalkPolicy(action_names, cfg.version, cfg.seed)
+    return HoldPolicy(action_names, cfg.version)

@@ -1,0 +1,228 @@
+"""The wire protocol between flywheel's processes (documented in docs/protocol.md).
+
+A message is a ZeroMQ multipart message:
+
+    frame 0   topic     the message type as ASCII (PUB/SUB filters on it)
+    frame 1   header    compact JSON: {"v", "type", "seq", "t", "fields", "arrays"}
+    frame 2.. buffers   one raw C-contiguous buffer per entry of header["arrays"]
+
+No pickle: a receiver only ever parses JSON and copies bytes into numpy arrays of an allowed dtype
+and a declared shape, so a malformed or hostile message can at worst be rejected.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import numpy as np
+import zmq
+
+PROTOCOL_VERSION = 1
+MAX_HEADER_BYTES = 64 * 1024
+MAX_ARRAY_BYTES = 64 * 1024 * 1024
+ALLOWED_DTYPES = frozenset({"bool", "uint8", "int32", "int64", "float32", "float64"})
+
+
+class MessageType(StrEnum):
+    TELEOP_STATE = "teleop_state"  # teleop -> daemon: operator action, pedal, key counters
+    OBSERVATION = "observation"  # daemon -> watchers: what the robot sees, every tick
+    EPISODE_STARTED = "episode_started"  # daemon -> watchers
+    EPISODE_SAVED = "episode_saved"  # daemon -> trainer/watchers: an episode is on disk
+
+
+class ProtocolError(ValueError):
+    """A message that does not follow the protocol. The text names the field and the value."""
+
+
+@dataclass
+class Message:
+    type: MessageType
+    fields: dict[str, Any] = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    seq: int = 0
+    t: float = 0.0  # sender's time.monotonic(); only comparable on one machine
+
+
+def encode(msg: Message) -> list[bytes]:
+    array_specs = []
+    buffers = []
+    for name, value in msg.arrays.items():
+        arr = np.ascontiguousarray(value)
+        if arr.dtype.name not in ALLOWED_DTYPES:
+            raise ProtocolError(
+                f"arrays.{name}.dtype: {arr.dtype.name!r} is not one of {sorted(ALLOWED_DTYPES)}"
+            )
+        array_specs.append({"name": name, "dtype": arr.dtype.name, "shape": list(arr.shape)})
+        buffers.append(arr.tobytes())
+    header = {
+        "v": PROTOCOL_VERSION,
+        "type": str(msg.type),
+        "seq": msg.seq,
+        "t": msg.t,
+        "fields": msg.fields,
+        "arrays": array_specs,
+    }
+    return [str(msg.type).encode(), json.dumps(header, separators=(",", ":")).encode(), *buffers]
+
+
+def decode(frames: list[bytes]) -> Message:
+    if len(frames) < 2:
+        raise ProtocolError(f"frames: expected at least 2 (topic, header), got {len(frames)}")
+    if len(frames[1]) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header: {len(frames[1])} bytes exceeds the limit of {MAX_HEADER_BYTES}")
+    try:
+        header = json.loads(frames[1])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ProtocolError(f"header: not valid JSON ({e})") from None
+    if not isinstance(header, dict):
+        raise ProtocolError(f"header: expected a JSON object, got {type(header).__name__}")
+    if header.get("v") != PROTOCOL_VERSION:
+        raise ProtocolError(f"header.v: {header.get('v')!r}, this side speaks {PROTOCOL_VERSION}")
+    try:
+        msg_type = MessageType(header.get("type"))
+    except ValueError:
+        raise ProtocolError(f"header.type: unknown message type {header.get('type')!r}") from None
+    if frames[0] != str(msg_type).encode():
+        raise ProtocolError(f"topic: {frames[0][:64]!r} does not match header.type {str(msg_type)!r}")
+    seq, t, fields = header.get("seq"), header.get("t"), header.get("fields", {})
+    if not isinstance(seq, int) or seq < 0:
+        raise ProtocolError(f"header.seq: {seq!r} is not a non-negative integer")
+    if not isinstance(t, int | float):
+        raise ProtocolError(f"header.t: {t!r} is not a number")
+    if not isinstance(fields, dict):
+        raise ProtocolError(f"header.fields: expected an object, got {type(fields).__name__}")
+    specs = header.get("arrays", [])
+    if not isinstance(specs, list) or len(specs) != len(frames) - 2:
+        raise ProtocolError(f"header.arrays: declares {specs!r} but {len(frames) - 2} buffers follow")
+    arrays = {}
+    for spec, buf in zip(specs, frames[2:], strict=True):
+        name, arr = _decode_array(spec, buf)
+        arrays[name] = arr
+    return Message(type=msg_type, fields=fields, arrays=arrays, seq=seq, t=float(t))
+
+
+def _decode_array(spec: Any, buf: bytes) -> tuple[str, np.ndarray]:
+    if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+        raise ProtocolError(f"header.arrays: entry {spec!r} has no name")
+    name, dtype, shape = spec["name"], spec.get("dtype"), spec.get("shape")
+    if dtype not in ALLOWED_DTYPES:
+        raise ProtocolError(f"arrays.{name}.dtype: {dtype!r} is not one of {sorted(ALLOWED_DTYPES)}")
+    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise ProtocolError(f"arrays.{name}.shape: {shape!r} is not a list of non-negative integers")
+    if len(buf) > MAX_ARRAY_BYTES:
+        raise ProtocolError(f"arrays.{name}: {len(buf)} bytes exceeds the limit of {MAX_ARRAY_BYTES}")
+    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    if expected != len(buf):
+        raise ProtocolError(f"arrays.{name}: shape {shape} of {dtype} needs {expected} bytes, got {len(buf)}")
+    return name, np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
+
+
+class Publisher:
+    """A PUB socket that stamps each message with a sequence number and a monotonic time.
+
+    Safe to call from several threads (one lock around the socket, which ZeroMQ requires).
+    """
+
+    def __init__(self, ctx: zmq.Context, address: str, bind: bool = True, sndhwm: int = 100):
+        self._socket = ctx.socket(zmq.PUB)
+        self._socket.setsockopt(zmq.SNDHWM, sndhwm)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        (self._socket.bind if bind else self._socket.connect)(address)
+        self._seq = 0
+        self._lock = threading.Lock()
+
+    def publish(
+        self,
+        msg_type: MessageType,
+        fields: Mapping[str, Any] | None = None,
+        arrays: Mapping[str, np.ndarray] | None = None,
+    ) -> None:
+        with self._lock:
+            self._seq += 1
+            msg = Message(msg_type, dict(fields or {}), dict(arrays or {}), self._seq, time.monotonic())
+            self._socket.send_multipart(encode(msg), copy=False)
+
+    def close(self) -> None:
+        with self._lock:
+            self._socket.close()
+
+
+@dataclass
+class Received:
+    message: Message
+    received_at: float  # receiver's time.monotonic()
+
+
+class LatestValueSubscriber:
+    """Keeps the newest message of each type from one or more publishers, in a background thread.
+
+    Latest-value semantics: a reader sees only the most recent message; older ones are dropped
+    (ZeroMQ's CONFLATE does not support multipart messages, so the draining is done here).
+    Malformed messages are counted and the last error kept, never raised into the reader.
+    """
+
+    def __init__(self, ctx: zmq.Context, addresses: list[str], topics: list[MessageType], on_message=None):
+        self._ctx = ctx
+        self._addresses = addresses
+        self._topics = topics
+        self._on_message = on_message
+        self._latest: dict[MessageType, Received] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.rejected = 0
+        self.last_error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="latest-value-sub", daemon=True)
+
+    def start(self) -> LatestValueSubscriber:
+        self._thread.start()
+        return self
+
+    def latest(self, msg_type: MessageType) -> Received | None:
+        with self._lock:
+            return self._latest.get(msg_type)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+
+    def _run(self) -> None:
+        socket = self._ctx.socket(zmq.SUB)
+        socket.setsockopt(zmq.LINGER, 0)
+        socket.setsockopt(zmq.RCVHWM, 1000)
+        for topic in self._topics:
+            socket.setsockopt(zmq.SUBSCRIBE, str(topic).encode())
+        for address in self._addresses:
+            socket.connect(address)
+        poller = zmq.Poller()
+        poller.register(socket, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                if not poller.poll(timeout=50):
+                    continue
+                while True:  # drain: only the newest of each type matters
+                    try:
+                        frames = socket.recv_multipart(flags=zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._accept(frames)
+        finally:
+            socket.close()
+
+    def _accept(self, frames: list[bytes]) -> None:
+        try:
+            msg = decode(frames)
+        except ProtocolError as e:
+            self.rejected += 1
+            self.last_error = str(e)
+            return
+        received = Received(msg, time.monotonic())
+        with self._lock:
+            self._latest[msg.type] = received
+        if self._on_message is not None:
+            self._on_message(received)

@@ -1,0 +1,302 @@
+"""The rollout daemon's control loop.
+
+Each tick: apply a pending takeover request, read the robot, publish what it sees, pick the action
+(the policy's queue, or the operator's when the pedal is down), send it, hand the frame to the
+recorder. Inference, recording and the teleop stream all live on other threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import zmq
+from lerobot.robots.robot import Robot
+from lerobot.robots.utils import make_robot_from_config
+from lerobot.teleoperators.utils import make_teleoperator_from_config
+
+from flywheel.configs import RolloutConfig
+from flywheel.dataset import DataType, EpisodeInfo, dataset_features, open_for_append
+from flywheel.policy_source import ChunkPolicy, hold_action, make_chunk_policy
+from flywheel.protocol import MessageType, Publisher
+from flywheel.rollout.cadence import CadenceReport, RateKeeper
+from flywheel.rollout.policy_runner import PolicyRunner
+from flywheel.rollout.recorder import Recorder, SavedEpisode
+from flywheel.rollout.takeover import ControlState, TakeoverMachine
+from flywheel.rollout.teleop_link import LocalTeleop, RemoteTeleop, TeleopSnapshot
+from teleop.observation import ObservationView
+from teleop.pedals import make_pedal
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EpisodeResult:
+    index: int  # episode number in this run (not the dataset's episode index)
+    frames: int
+    success: bool
+    data_type: DataType | None  # None: discarded (re-record) or stopped
+    intervention_frames: int
+    end_reason: str
+    cadence: CadenceReport
+    policy_misses: int = 0
+    takeovers: int = 0
+
+
+@dataclass
+class _EpisodeState:
+    frames: int = 0
+    intervention_frames: int = 0
+    takeovers: int = 0
+    versions: set[int] = field(default_factory=set)
+    keys_at_start: dict[str, int] | None = None
+
+
+class RolloutDaemon:
+    def __init__(self, cfg: RolloutConfig, robot: Robot | None = None, policy: ChunkPolicy | None = None):
+        if cfg.robot is None and robot is None:
+            raise ValueError("robot: no robot given; use --robot sim, --robot so100 or --robot.type=...")
+        self.cfg = cfg
+        self.robot = robot or make_robot_from_config(cfg.robot)
+        self.action_names = list(self.robot.action_features)
+        self.features = dataset_features(
+            self.robot.observation_features, self.robot.action_features, cfg.dataset.video
+        )
+        self.policy = policy or make_chunk_policy(cfg.policy, self.features, self.action_names)
+        self.lockstep = cfg.fps == 0
+        self.machine = TakeoverMachine()
+        self.rate = RateKeeper(cfg.fps)
+        self.results: list[EpisodeResult] = []
+        self._ctx = zmq.Context.instance()
+        self._scalar_names = [k for k, v in self.robot.observation_features.items() if v is float]
+        self._stop_requested = False
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+    def run(self) -> list[EpisodeResult]:
+        cfg = self.cfg
+        dataset = open_for_append(
+            cfg.dataset.root,
+            cfg.dataset.repo_id,
+            cfg.fps or 30,
+            self.features,
+            self.robot.name,
+            cfg.dataset.video,
+        )
+        self.events = Publisher(self._ctx, cfg.wire.daemon_events)
+        self.recorder = Recorder(dataset, on_saved=self._announce_saved)
+        self.runner = PolicyRunner(self.policy, cfg.policy.refill_at, blocking=self.lockstep)
+        self.link = self._make_teleop_link()
+        try:
+            self.robot.connect()
+            self.link.start()
+            self._wait_for_subscribers()
+            episode = 0
+            while not self._stop_requested and (cfg.episodes == 0 or episode < cfg.episodes):
+                result = self.run_episode(episode)
+                self.results.append(result)
+                if result.data_type is not None:
+                    episode += 1
+                if self.machine.state == ControlState.STOPPED:
+                    log.error("emergency stop: the daemon stops")
+                    break
+                if cfg.reset_time_s > 0 and not self._is_sim():
+                    log.info("reset the scene: %.0f s", cfg.reset_time_s)
+                    time.sleep(cfg.reset_time_s)
+        finally:
+            self._shutdown()
+        return self.results
+
+    def stop(self) -> None:
+        """Ask the loop to end after the current tick (from a signal handler or another thread)."""
+        self._stop_requested = True
+
+    def _make_teleop_link(self) -> LocalTeleop | RemoteTeleop:
+        cfg = self.cfg
+        if cfg.local_teleop:
+            if cfg.teleop is None or cfg.pedal is None:
+                raise ValueError("local_teleop: true needs --teleop.type and --pedal.type")
+            return LocalTeleop(make_teleoperator_from_config(cfg.teleop), make_pedal(cfg.pedal))
+        return RemoteTeleop(self._ctx, cfg.wire.teleop_state, cfg.lockstep_timeout_ms / 1000)
+
+    def _wait_for_subscribers(self) -> None:
+        # PUB/SUB drops messages sent before a subscriber's connection completes ("slow joiner").
+        if isinstance(self.link, RemoteTeleop):
+            time.sleep(0.3)
+
+    def _shutdown(self) -> None:
+        for close in (self.runner.close, self.link.stop, self.recorder.close):
+            try:
+                close()
+            except Exception:
+                log.exception("error during shutdown")
+        if self.robot.is_connected:
+            self.robot.disconnect()
+        self.events.close()
+
+    def _is_sim(self) -> bool:
+        return hasattr(self.robot, "reset_episode")
+
+    def _announce_saved(self, saved: SavedEpisode) -> None:
+        self.events.publish(
+            MessageType.EPISODE_SAVED,
+            {
+                "episode_index": int(saved.episode_index),
+                "length": int(saved.length),
+                "data_type": str(saved.info.data_type),
+                "success": saved.info.success,
+                "root": str(self.cfg.dataset.root),
+            },
+        )
+
+    # --- one episode -------------------------------------------------------------------------------
+    def run_episode(self, episode: int) -> EpisodeResult:
+        cfg = self.cfg
+        if self._is_sim():
+            self.robot.reset_episode(self.robot.config.seed + episode)
+        task = cfg.task or getattr(self.robot, "task_description", lambda: "")() or "do the task"
+        self.machine.reset()
+        self.runner.restart()
+        self.rate.reset()
+        state = _EpisodeState()
+        end_reason = "timeout"
+        self.events.publish(MessageType.EPISODE_STARTED, {"episode": episode, "task": task})
+        misses_before = self.runner.misses
+        for frame in range(cfg.max_episode_steps):
+            self.rate.wait_for_tick()
+            end_reason = self._tick(episode, frame, task, state)
+            self.rate.end_tick()
+            if end_reason or self._stop_requested:
+                break
+        end_reason = end_reason or ("stopped" if self._stop_requested else "timeout")
+        return self._finish_episode(episode, state, end_reason, misses_before)
+
+    def _tick(self, episode: int, frame: int, task: str, state: _EpisodeState) -> str:
+        """One control period. Returns why the episode ends after this tick, or ''."""
+        observation = self.robot.get_observation()
+        view = self._publish_observation(observation, episode, frame, task)
+        snapshot = self.link.poll(view, wait=self.lockstep)
+        if state.keys_at_start is None:
+            state.keys_at_start = dict(snapshot.keys)
+        self.machine.request(ControlState.INTERVENING if snapshot.pressed else ControlState.AUTONOMOUS)
+        if self._pressed(snapshot, state, "estop"):
+            self.machine.request(ControlState.STOPPED)
+        change = self.machine.apply()
+        if change is not None:
+            self._on_transition(change, state)
+        if self.machine.state == ControlState.STOPPED:
+            return "estop"
+
+        intervening = self.machine.state == ControlState.INTERVENING
+        action = self._choose_action(observation, task, frame, snapshot, intervening)
+        sent = self.robot.send_action(dict(zip(self.action_names, action.tolist(), strict=True)))
+        sent_vec = np.array([sent[name] for name in self.action_names], dtype=np.float32)
+        version = 0 if intervening else self.policy.version
+        self.recorder.add_frame(observation, sent_vec, intervening, version, task)
+        state.frames += 1
+        state.intervention_frames += intervening
+        state.versions.add(version)
+
+        if getattr(self.robot, "task_success", lambda: False)():
+            return "success"
+        for key in ("success", "failure", "rerecord"):
+            if self._pressed(snapshot, state, key):
+                return f"operator_{key}"
+        return ""
+
+    def _choose_action(
+        self, observation: dict[str, Any], task: str, frame: int, snapshot: TeleopSnapshot, intervening: bool
+    ) -> np.ndarray:
+        hold = hold_action(observation, self.action_names)
+        if intervening:
+            fresh = snapshot.action is not None and (
+                self.lockstep or snapshot.age_s * 1000 <= self.cfg.teleop_timeout_ms
+            )
+            if not fresh:
+                return hold  # the operator's stream is stale: hold rather than replay an old command
+            return np.array(
+                [snapshot.action.get(name, h) for name, h in zip(self.action_names, hold, strict=True)],
+                dtype=np.float32,
+            )
+        action = self.runner.next_action(observation, task, frame)
+        return hold if action is None else action
+
+    def _on_transition(self, change: tuple[ControlState, ControlState], state: _EpisodeState) -> None:
+        old, new = change
+        log.info("%s -> %s", old, new)
+        if new == ControlState.INTERVENING:
+            state.takeovers += 1
+        elif new == ControlState.AUTONOMOUS:
+            self.runner.restart()  # the policy resumes from the current state with a fresh chunk
+
+    def _pressed(self, snapshot: TeleopSnapshot, state: _EpisodeState, key: str) -> bool:
+        return snapshot.keys.get(key, 0) > (state.keys_at_start or {}).get(key, 0)
+
+    def _publish_observation(
+        self, observation: dict[str, Any], episode: int, frame: int, task: str
+    ) -> ObservationView:
+        state_vec = np.array([observation[name] for name in self._scalar_names], dtype=np.float32)
+        sim_task = self.robot.config.task if self._is_sim() else ""
+        view = ObservationView(episode, frame, task, tuple(self._scalar_names), state_vec, sim_task)
+        self.events.publish(MessageType.OBSERVATION, view.fields(), {"state": state_vec})
+        return view
+
+    def _finish_episode(
+        self, episode: int, state: _EpisodeState, end_reason: str, misses_before: int
+    ) -> EpisodeResult:
+        success = end_reason in ("success", "operator_success")
+        cadence = self.rate.report()
+        if end_reason in ("operator_rerecord", "stopped", "estop") or state.frames == 0:
+            self.recorder.discard_episode()
+            data_type = None
+        else:
+            if self.policy.version == 0 and state.intervention_frames == state.frames:
+                data_type = DataType.DEMO
+            elif state.intervention_frames > 0:
+                data_type = DataType.INTERVENTION
+            else:
+                data_type = DataType.AUTO
+            self.recorder.end_episode(
+                EpisodeInfo(
+                    data_type=data_type,
+                    success=success,
+                    num_intervention_frames=state.intervention_frames,
+                    policy_versions=sorted(state.versions),
+                    operator=self._operator_name(),
+                    robot=self.robot.name,
+                    seed=self.robot.episode_seed if self._is_sim() else -1,
+                    end_reason=end_reason,
+                )
+            )
+        result = EpisodeResult(
+            episode,
+            state.frames,
+            success,
+            data_type,
+            state.intervention_frames,
+            end_reason,
+            cadence,
+            self.runner.misses - misses_before,
+            state.takeovers,
+        )
+        log.info(
+            "episode %d: %s after %d frames, %s, %d intervention frames (%d takeovers)",
+            episode,
+            end_reason,
+            state.frames,
+            data_type or "discarded",
+            state.intervention_frames,
+            state.takeovers,
+        )
+        if self.cfg.report_cadence:
+            log.info(cadence.line())
+        return result
+
+    def _operator_name(self) -> str:
+        if self.cfg.teleop is not None:
+            return self.cfg.teleop.type + (
+                f":{self.cfg.teleop.skill}" if hasattr(self.cfg.teleop, "skill") else ""
+            )
+        return "teleop-process"

@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Create or reuse the project's virtualenv at .venv/. Safe to run again; prints what it does.
+#
+# Two layers, so a fresh clone (CI, a second checkout) does not reinstall several GB:
+#   1. a base virtualenv with every pinned dependency of requirements/lock.txt, shared by all
+#      checkouts of this machine under $FLYWHEEL_CACHE (default ~/.cache/flywheel), keyed by the
+#      lock file's hash;
+#   2. the checkout's own thin .venv, which sees the base through a .pth file and holds only this
+#      repository (editable) and its LeRobot plugin shims.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHON=${FLYWHEEL_PYTHON:-python3.11}
+CACHE=${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}
+LOCK=$ROOT/requirements/lock.txt
+PLUGINS=(plugins/lerobot_robot_flywheel plugins/lerobot_teleoperator_flywheel)
+
+log() { echo "[bootstrap] $*" >&2; }
+
+if ! command -v "$PYTHON" >/dev/null; then
+  log "error: $PYTHON not found; install Python 3.11 or set FLYWHEEL_PYTHON"
+  exit 1
+fi
+
+# MuJoCo's offscreen camera needs EGL; state-only runs do not. Install it when we can.
+if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing EGL for MuJoCo rendering (apt)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libegl1 libgl1 libgl1-mesa-dri >/dev/null
+  else
+    log "warning: libEGL not found; the sim camera (robot.camera) will not work"
+  fi
+fi
+
+mkdir -p "$CACHE"
+lock_hash=$(sha256sum "$LOCK" | cut -c1-16)
+BASE=$CACHE/venv-$lock_hash
+(
+  flock 9
+  if [ ! -f "$BASE/.complete" ]; then
+    log "creating base virtualenv $BASE (pinned dependencies; several GB, a few minutes the first time)"
+    rm -rf "$BASE"
+    "$PYTHON" -m venv "$BASE"
+    "$BASE/bin/python" -m pip install -q --disable-pip-version-check --upgrade "pip==25.3"
+    "$BASE/bin/python" -m pip install --disable-pip-version-check --progress-bar off -q -r "$LOCK"
+    touch "$BASE/.complete"
+  fi
+) 9>"$CACHE/.lock"
+
+VENV=$ROOT/.venv
+stamp=$(cat "$LOCK" "$ROOT/pyproject.toml" "${PLUGINS[@]/%//pyproject.toml}" | sha256sum | cut -c1-16)
+if [ "$(cat "$VENV/.flywheel-stamp" 2>/dev/null)" != "$stamp-$BASE" ]; then
+  log "creating $VENV on top of $BASE"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv --without-pip "$VENV"
+  site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  base_site=$("$BASE/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+  echo "$base_site" > "$site/_flywheel_base.pth"
+  # Console scripts of the base (pytest, ruff, lerobot-train, accelerate, ...) re-pointed at this
+  # interpreter, so they see this checkout's packages too.
+  for script in "$BASE"/bin/*; do
+    name=$(basename "$script")
+    [ -e "$VENV/bin/$name" ] && continue
+    if head -n1 "$script" | grep -q "^#!$BASE/bin/python"; then
+      { echo "#!$VENV/bin/python"; tail -n +2 "$script"; } > "$VENV/bin/$name"
+      chmod +x "$VENV/bin/$name"
+    elif [ -x "$script" ] && [ ! -L "$script" ]; then
+      ln -s "$script" "$VENV/bin/$name"  # a native tool (ruff)
+    fi
+  done
+  args=(-e "$ROOT")
+  for plugin in "${PLUGINS[@]}"; do args+=(-e "$ROOT/$plugin"); done
+  (cd "$ROOT" && "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation "${args[@]}")
+  echo "$stamp-$BASE" > "$VENV/.flywheel-stamp"
+fi

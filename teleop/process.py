@@ -1,0 +1,87 @@
+"""The teleop process (`flywheel teleop`): reads the operator's device and the pedal and publishes
+them to the rollout daemon as TELEOP_STATE messages (docs/protocol.md).
+
+It also listens to the daemon's observations: a simulated operator and pedal need them to act, and
+each new observation is answered at once (with its frame number), which lets a daemon running in
+lockstep (fps=0) wait for exactly that answer. Without observations it publishes at `fps`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import zmq
+from lerobot.teleoperators.utils import make_teleoperator_from_config
+
+from flywheel.configs import TeleopProcessConfig
+from flywheel.protocol import LatestValueSubscriber, MessageType, ProtocolError, Publisher
+from teleop.observation import ObservationView
+from teleop.pedals import ConstantPedalConfig, make_pedal
+
+log = logging.getLogger(__name__)
+
+
+def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) -> None:
+    if cfg.teleop is None:
+        raise ValueError(
+            "teleop: no operator device given; use --teleop.type=sim_operator or so100_leader ..."
+        )
+    stop = stop or threading.Event()
+    teleoperator = make_teleoperator_from_config(cfg.teleop)
+    pedal = make_pedal(cfg.pedal or ConstantPedalConfig(pressed=False))
+    ctx = zmq.Context.instance()
+    new_observation = threading.Event()
+    observations = LatestValueSubscriber(
+        ctx, [cfg.wire.daemon_events], [MessageType.OBSERVATION], on_message=lambda _: new_observation.set()
+    )
+    publisher = Publisher(ctx, cfg.wire.teleop_state)
+    names = list(teleoperator.action_features)
+    teleoperator.connect()
+    pedal.connect()
+    observations.start()
+    log.info(
+        "teleop: %s with a %s pedal, publishing on %s",
+        cfg.teleop.type,
+        pedal.__class__.__name__,
+        cfg.wire.teleop_state,
+    )
+    view: ObservationView | None = None
+    try:
+        while not stop.is_set():
+            fresh = new_observation.wait(timeout=1.0 / cfg.fps)
+            new_observation.clear()
+            if fresh:
+                view = _newest_view(observations) or view
+                if view is not None and hasattr(teleoperator, "observe"):
+                    teleoperator.observe(view)
+            reading = pedal.read(view)
+            action = teleoperator.get_action()
+            publisher.publish(
+                MessageType.TELEOP_STATE,
+                {
+                    "episode": view.episode if view else -1,
+                    "frame": view.frame if view else -1,
+                    "pressed": reading.pressed,
+                    "keys": reading.keys,
+                    "names": names,
+                },
+                {"action": np.array([action[n] for n in names], dtype=np.float32)},
+            )
+    finally:
+        observations.stop()
+        publisher.close()
+        pedal.disconnect()
+        teleoperator.disconnect()
+
+
+def _newest_view(observations: LatestValueSubscriber) -> ObservationView | None:
+    received = observations.latest(MessageType.OBSERVATION)
+    if received is None:
+        return None
+    try:
+        return ObservationView.from_message(received.message)
+    except ProtocolError as e:
+        log.warning("ignored an observation: %s", e)
+        return None
