@@ -64,15 +64,18 @@ def _run(cfg: RunConfig) -> int:
 
 
 def _print_summary(results) -> None:
-    print(f"{'episode':>7}  {'frames':>6}  {'success':>7}  {'data_type':>12}  {'interv.':>7}  end")
+    print(
+        f"{'episode':>7}  {'frames':>6}  {'success':>7}  {'data_type':>12}  {'interv.':>7}  {'saved':>5}  end"
+    )
     for r in results:
+        saved = "-" if r.saved is None else ("yes" if r.saved else "NO")
         print(
             f"{r.index:>7}  {r.frames:>6}  {r.success!s:>7}  {r.data_type or 'discarded':>12}  "
-            f"{r.intervention_frames:>7}  {r.end_reason}"
+            f"{r.intervention_frames:>7}  {saved:>5}  {r.end_reason}"
         )
     if results:
         worst = max(results, key=lambda r: r.cadence.lateness_p99_ms).cadence
-        print(worst.line())
+        print("worst episode " + worst.line())
 
 
 COMMANDS: dict[str, Command] = {
@@ -104,15 +107,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"flywheel: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
     command = COMMANDS[name]
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
-    )
     try:
         args = presets.expand(rest, command.config_class)
         cfg = draccus.parse(command.config_class, args=args, prog=f"flywheel {name}")
     except ValueError as e:
         print(f"flywheel {name}: {e}", file=sys.stderr)
         return 2
+    # Only now: draccus sets the root logger's level while it parses.
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        force=True,
+    )
     return command.main(cfg) or 0
 
 

@@ -141,6 +141,8 @@ class RunConfig:
     def rollout_config(self) -> RolloutConfig:
         return RolloutConfig(
             robot=self.robot,
+            teleop=self.teleop,  # read by the teleop process; the daemon records its name as the operator
+            pedal=self.pedal,
             policy=self.policy,
             dataset=self.dataset,
             wire=self.wire,

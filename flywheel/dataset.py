@@ -1,8 +1,10 @@
 """The flywheel's dataset: LeRobotDataset v3 plus the fields RECAP needs (docs/dataset.md).
 
 Per frame, besides the robot's `observation.*` and `action`:
-    intervention    bool   the operator's action was sent on this tick
-    policy_version  int64  the policy version that was loaded (0: none, operator-only demos)
+    intervention    bool   the operator was in control on this tick (pedal down); if their stream
+                           was stale, the hold action was sent instead of theirs
+    policy_version  int64  the version of the policy that acted; 0 when the operator acted
+                           (interventions, operator-only demos)
     next.reward     float  1.0 on the last frame of a successful episode, else 0.0
     next.done       bool   True on the last frame of the episode
 Per episode (extra columns of meta/episodes, next to LeRobot's own):

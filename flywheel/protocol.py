@@ -13,6 +13,7 @@ and a declared shape, so a malformed or hostile message can at worst be rejected
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Mapping
@@ -26,6 +27,7 @@ import zmq
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAY_BYTES = 64 * 1024 * 1024
+MAX_ARRAYS = 32
 ALLOWED_DTYPES = frozenset({"bool", "uint8", "int32", "int64", "float32", "float64"})
 
 
@@ -68,7 +70,13 @@ def encode(msg: Message) -> list[bytes]:
         "fields": msg.fields,
         "arrays": array_specs,
     }
-    return [str(msg.type).encode(), json.dumps(header, separators=(",", ":")).encode(), *buffers]
+    try:
+        encoded = json.dumps(header, separators=(",", ":"), allow_nan=False).encode()
+    except (TypeError, ValueError) as e:
+        raise ProtocolError(f"fields: not JSON-serialisable without NaN/inf ({e})") from None
+    if len(encoded) > MAX_HEADER_BYTES:
+        raise ProtocolError(f"header: {len(encoded)} bytes exceeds the limit of {MAX_HEADER_BYTES}")
+    return [str(msg.type).encode(), encoded, *buffers]
 
 
 def decode(frames: list[bytes]) -> Message:
@@ -91,14 +99,16 @@ def decode(frames: list[bytes]) -> Message:
     if frames[0] != str(msg_type).encode():
         raise ProtocolError(f"topic: {frames[0][:64]!r} does not match header.type {str(msg_type)!r}")
     seq, t, fields = header.get("seq"), header.get("t"), header.get("fields", {})
-    if not isinstance(seq, int) or seq < 0:
+    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
         raise ProtocolError(f"header.seq: {seq!r} is not a non-negative integer")
-    if not isinstance(t, int | float):
-        raise ProtocolError(f"header.t: {t!r} is not a number")
+    if not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t):
+        raise ProtocolError(f"header.t: {t!r} is not a finite number")
     if not isinstance(fields, dict):
         raise ProtocolError(f"header.fields: expected an object, got {type(fields).__name__}")
     specs = header.get("arrays", [])
-    if not isinstance(specs, list) or len(specs) != len(frames) - 2:
+    if not isinstance(specs, list) or len(specs) > MAX_ARRAYS:
+        raise ProtocolError(f"header.arrays: expected a list of at most {MAX_ARRAYS} entries")
+    if len(specs) != len(frames) - 2:
         raise ProtocolError(f"header.arrays: declares {specs!r} but {len(frames) - 2} buffers follow")
     arrays = {}
     for spec, buf in zip(specs, frames[2:], strict=True):
@@ -195,6 +205,8 @@ class LatestValueSubscriber:
         socket = self._ctx.socket(zmq.SUB)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.RCVHWM, 1000)
+        # libzmq drops a peer that sends a larger frame, before it is buffered here.
+        socket.setsockopt(zmq.MAXMSGSIZE, MAX_ARRAY_BYTES)
         for topic in self._topics:
             socket.setsockopt(zmq.SUBSCRIBE, str(topic).encode())
         for address in self._addresses:

@@ -13,7 +13,9 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 PYTHON=${FLYWHEEL_PYTHON:-python3.11}
 CACHE=${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}
 LOCK=$ROOT/requirements/lock.txt
-PLUGINS=(plugins/lerobot_robot_flywheel plugins/lerobot_teleoperator_flywheel)
+# Shim distributions that let stock LeRobot discover our robots, teleoperators and policies.
+PLUGINS=()
+for plugin in "$ROOT"/plugins/*/pyproject.toml; do PLUGINS+=("plugins/$(basename "$(dirname "$plugin")")"); done
 
 log() { echo "[bootstrap] $*" >&2; }
 
@@ -48,7 +50,9 @@ BASE=$CACHE/venv-$lock_hash
 ) 9>"$CACHE/.lock"
 
 VENV=$ROOT/.venv
-stamp=$(cat "$LOCK" "$ROOT/pyproject.toml" "${PLUGINS[@]/%//pyproject.toml}" | sha256sum | cut -c1-16)
+stamp_files=("$LOCK" "$ROOT/pyproject.toml")
+for plugin in "${PLUGINS[@]}"; do stamp_files+=("$ROOT/$plugin/pyproject.toml"); done
+stamp=$(cat "${stamp_files[@]}" | sha256sum | cut -c1-16)
 if [ "$(cat "$VENV/.flywheel-stamp" 2>/dev/null)" != "$stamp-$BASE" ]; then
   log "creating $VENV on top of $BASE"
   rm -rf "$VENV"

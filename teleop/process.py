@@ -47,17 +47,24 @@ def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) ->
         pedal.__class__.__name__,
         cfg.wire.teleop_state,
     )
+    # A simulated operator acts once per observation it sees (its noise and delays are per frame);
+    # a real device is read on every loop.
+    observing = hasattr(teleoperator, "observe")
     view: ObservationView | None = None
+    action = dict.fromkeys(names, 0.0)
     try:
         while not stop.is_set():
             fresh = new_observation.wait(timeout=1.0 / cfg.fps)
             new_observation.clear()
-            if fresh:
-                view = _newest_view(observations) or view
-                if view is not None and hasattr(teleoperator, "observe"):
+            newest = _newest_view(observations) if fresh else None
+            if newest is not None:
+                view = newest
+                if observing:
                     teleoperator.observe(view)
+                    action = teleoperator.get_action()
+            if not observing:
+                action = teleoperator.get_action()
             reading = pedal.read(view)
-            action = teleoperator.get_action()
             publisher.publish(
                 MessageType.TELEOP_STATE,
                 {

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -44,6 +45,7 @@ class EpisodeResult:
     cadence: CadenceReport
     policy_misses: int = 0
     takeovers: int = 0
+    saved: bool | None = None  # known once the recorder has written it; None for discarded attempts
 
 
 @dataclass
@@ -56,7 +58,15 @@ class _EpisodeState:
 
 
 class RolloutDaemon:
-    def __init__(self, cfg: RolloutConfig, robot: Robot | None = None, policy: ChunkPolicy | None = None):
+    def __init__(
+        self,
+        cfg: RolloutConfig,
+        robot: Robot | None = None,
+        policy: ChunkPolicy | None = None,
+        link: LocalTeleop | RemoteTeleop | None = None,
+    ):
+        """Everything is built from `cfg`; `robot`, `policy` and `link` replace the built ones
+        (tests, and programs that embed the daemon)."""
         if cfg.robot is None and robot is None:
             raise ValueError("robot: no robot given; use --robot sim, --robot so100 or --robot.type=...")
         self.cfg = cfg
@@ -66,6 +76,7 @@ class RolloutDaemon:
             self.robot.observation_features, self.robot.action_features, cfg.dataset.video
         )
         self.policy = policy or make_chunk_policy(cfg.policy, self.features, self.action_names)
+        self._link = link
         self.lockstep = cfg.fps == 0
         self.machine = TakeoverMachine()
         self.rate = RateKeeper(cfg.fps)
@@ -73,6 +84,7 @@ class RolloutDaemon:
         self._ctx = zmq.Context.instance()
         self._scalar_names = [k for k, v in self.robot.observation_features.items() if v is float]
         self._stop_requested = False
+        self._fault_counts: dict[str, int] = {}
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> list[EpisodeResult]:
@@ -88,17 +100,19 @@ class RolloutDaemon:
         self.events = Publisher(self._ctx, cfg.wire.daemon_events)
         self.recorder = Recorder(dataset, on_saved=self._announce_saved)
         self.runner = PolicyRunner(self.policy, cfg.policy.refill_at, blocking=self.lockstep)
-        self.link = self._make_teleop_link()
+        self.link = self._link or self._make_teleop_link()
         try:
             self.robot.connect()
             self.link.start()
             self._wait_for_subscribers()
-            episode = 0
-            while not self._stop_requested and (cfg.episodes == 0 or episode < cfg.episodes):
-                result = self.run_episode(episode)
+            saved, attempt = 0, 0
+            while not self._stop_requested and (cfg.episodes == 0 or saved < cfg.episodes):
+                # Every attempt gets its own number (a re-recorded one too), so nothing from a
+                # discarded attempt, like a late teleop answer, is mistaken for this one's.
+                result = self.run_episode(attempt)
                 self.results.append(result)
-                if result.data_type is not None:
-                    episode += 1
+                attempt += 1
+                saved += result.data_type is not None
                 if self.machine.state == ControlState.STOPPED:
                     log.error("emergency stop: the daemon stops")
                     break
@@ -107,6 +121,12 @@ class RolloutDaemon:
                     time.sleep(cfg.reset_time_s)
         finally:
             self._shutdown()
+        kept = [r for r in self.results if r.data_type is not None]
+        for result, saved in zip(kept, self.recorder.outcomes, strict=False):
+            result.saved = saved
+        lost = [r.index for r in kept if not r.saved]
+        if lost:
+            log.error("episodes %s were not saved: %r", lost, self.recorder.error)
         return self.results
 
     def stop(self) -> None:
@@ -147,7 +167,7 @@ class RolloutDaemon:
                 "length": int(saved.length),
                 "data_type": str(saved.info.data_type),
                 "success": saved.info.success,
-                "root": str(self.cfg.dataset.root),
+                "root": str(Path(self.cfg.dataset.root).resolve()),
             },
         )
 
@@ -211,9 +231,7 @@ class RolloutDaemon:
     ) -> np.ndarray:
         hold = hold_action(observation, self.action_names)
         if intervening:
-            fresh = snapshot.action is not None and (
-                self.lockstep or snapshot.age_s * 1000 <= self.cfg.teleop_timeout_ms
-            )
+            fresh = snapshot.action is not None and snapshot.age_s * 1000 <= self.cfg.teleop_timeout_ms
             if not fresh:
                 return hold  # the operator's stream is stale: hold rather than replay an old command
             return np.array(
@@ -292,7 +310,20 @@ class RolloutDaemon:
         )
         if self.cfg.report_cadence:
             log.info(cadence.line())
+        self._warn_about_faults()
         return result
+
+    def _warn_about_faults(self) -> None:
+        """Say (once per change) what went wrong beside the loop: it never stops the loop."""
+        counts = {
+            "policy inference errors": self.runner.errors,
+            "malformed teleop messages": getattr(self.link, "rejected", 0),
+            "lockstep teleop timeouts": getattr(self.link, "lockstep_timeouts", 0),
+        }
+        for what, count in counts.items():
+            if count > self._fault_counts.get(what, 0):
+                log.warning("%s so far: %d", what, count)
+        self._fault_counts = counts
 
     def _operator_name(self) -> str:
         if self.cfg.teleop is not None:

@@ -47,6 +47,7 @@ class Recorder:
         self._queue: queue.Queue = queue.Queue()
         self._pending: _Frame | None = None
         self.saved: list[SavedEpisode] = []
+        self.outcomes: list[bool] = []  # one per end_episode, in order: was it saved?
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
@@ -83,12 +84,14 @@ class Recorder:
     def _run(self) -> None:
         while True:
             kind, item = self._queue.get()
+            ending = kind == "end"
             try:
                 if kind == "frame":
                     self._flush_pending(done=False, success=False)
                     self._pending = item
                 elif kind == "end":
                     self._end(item)
+                    self.outcomes.append(True)
                 elif kind == "discard":
                     self._pending = None
                     self.dataset.clear_episode_buffer()
@@ -99,6 +102,8 @@ class Recorder:
                 log.exception("recording failed; the current episode is dropped")
                 self._pending = None
                 self.dataset.clear_episode_buffer()
+                if ending:
+                    self.outcomes.append(False)
 
     def _flush_pending(self, done: bool, success: bool) -> None:
         frame, self._pending = self._pending, None
@@ -117,8 +122,7 @@ class Recorder:
         self._flush_pending(done=True, success=info.success)
         buffer = self.dataset.episode_buffer
         if buffer is None or buffer["size"] == 0:
-            log.warning("episode ended with no frames; nothing saved")
-            return
+            raise ValueError("episode: ended with no frames; nothing to save")
         length, index = buffer["size"], buffer["episode_index"]
         save_episode(self.dataset, info)
         saved = SavedEpisode(index, length, info)

@@ -37,11 +37,11 @@ class LocalTeleop:
         self.pedal.connect()
 
     def poll(self, view: ObservationView, wait: bool) -> TeleopSnapshot:
+        # As in the teleop process: the operator looks at, and acts on, every observation.
         if hasattr(self.teleoperator, "observe"):
             self.teleoperator.observe(view)
         reading = self.pedal.read(view)
-        action = self.teleoperator.get_action() if reading.pressed else None
-        return TeleopSnapshot(reading.pressed, action, reading.keys)
+        return TeleopSnapshot(reading.pressed, self.teleoperator.get_action(), reading.keys)
 
     def stop(self) -> None:
         self.pedal.disconnect()
@@ -66,13 +66,14 @@ class RemoteTeleop:
 
     def poll(self, view: ObservationView, wait: bool) -> TeleopSnapshot:
         received = self._sub.latest(MessageType.TELEOP_STATE)
+        answered = True
         if wait:
             deadline = time.monotonic() + self.lockstep_timeout_s
             while not _answers(received, view) and time.monotonic() < deadline:
                 time.sleep(0.0001)
                 received = self._sub.latest(MessageType.TELEOP_STATE)
-            if not _answers(received, view):
-                self.lockstep_timeouts += 1
+            answered = _answers(received, view)
+            self.lockstep_timeouts += not answered
         if received is None:
             return TeleopSnapshot(pressed=False, action=None, age_s=float("inf"))
         msg = received.message
@@ -86,7 +87,8 @@ class RemoteTeleop:
             bool(msg.fields.get("pressed")),
             action,
             keys or dict.fromkeys(EPISODE_KEYS, 0),
-            time.monotonic() - received.received_at,
+            # An answer to an older observation counts as stale: the daemon holds instead.
+            time.monotonic() - received.received_at if answered else float("inf"),
         )
 
     def stop(self) -> None:

@@ -2,7 +2,7 @@
 
 Besides the Robot methods, it offers what only a simulation can: `reset_episode(seed)` to set up a
 new scene and `task_success()` to read the ground-truth outcome. The rollout daemon uses these when
-present (see robots.base.EpisodicRobot); real arms have neither.
+present; real arms have neither.
 """
 
 from __future__ import annotations
