@@ -4,6 +4,7 @@
     flywheel rollout  --robot sim ...                                the rollout daemon alone
     flywheel teleop   --robot sim ...                                the teleop process alone
     flywheel record   --robot sim --episodes 3 ...                   operator-only demonstrations
+    flywheel deploy   --version 3 | --rollback                       hot-swap weights into the daemon
 
 Flags are LeRobot's draccus style (--robot.type=sim --robot.task=push-v3 --dataset.root=DIR);
 `--robot NAME` first loads configs/robots/NAME.yaml. `flywheel COMMAND --help` lists every option.
@@ -18,9 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import draccus
+from draccus.utils import ParsingError
 
 from flywheel import presets
-from flywheel.configs import RecordConfig, RolloutConfig, RunConfig, TeleopProcessConfig
+from flywheel.configs import DeployConfig, RecordConfig, RolloutConfig, RunConfig, TeleopProcessConfig
 
 
 @dataclass
@@ -63,6 +65,35 @@ def _run(cfg: RunConfig) -> int:
     return run(cfg)
 
 
+def _deploy(cfg: DeployConfig) -> int:
+    import zmq
+
+    from flywheel.protocol import MessageType, request
+    from trainer.registry import ModelRegistry
+
+    if cfg.rollback:
+        fields: dict = {"rollback": True}
+    else:
+        registry = ModelRegistry(cfg.registry)
+        version = cfg.version or registry.latest()
+        if version is None:
+            print(f"flywheel deploy: registry: no versions in {cfg.registry}", file=sys.stderr)
+            return 2
+        manifest = registry.manifest(version)
+        fields = {
+            "version": version,
+            "path": str(registry.path(version).resolve()),
+            "sha256": manifest.sha256,
+        }
+    try:
+        reply = request(zmq.Context.instance(), cfg.wire.deploy, MessageType.DEPLOY, fields, cfg.timeout_s)
+    except TimeoutError as e:
+        print(f"flywheel deploy: {e} (is the rollout daemon running?)", file=sys.stderr)
+        return 1
+    print(" ".join(f"{k}={v}" for k, v in reply.fields.items()))
+    return 0 if reply.fields.get("status") in ("swapped", "queued") else 1
+
+
 def _print_summary(results) -> None:
     print(
         f"{'episode':>7}  {'frames':>6}  {'success':>7}  {'data_type':>12}  {'interv.':>7}  {'saved':>5}  end"
@@ -87,6 +118,9 @@ COMMANDS: dict[str, Command] = {
         TeleopProcessConfig, _teleop, "the teleop process: operator device and pedal over ZeroMQ"
     ),
     "record": Command(RecordConfig, _record, "operator-only demonstrations (data_type=demo)"),
+    "deploy": Command(
+        DeployConfig, _deploy, "swap a registry version (or --rollback) into the running daemon"
+    ),
 }
 
 
@@ -95,6 +129,24 @@ def usage() -> str:
     lines += [f"  {name:<9} {cmd.summary}" for name, cmd in COMMANDS.items()]
     lines += ["", f"robot presets (configs/robots): {', '.join(presets.available())}"]
     return "\n".join(lines)
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """draccus wraps a config's own ValueError (which names the field) in ParsingErrors."""
+    while error.__cause__ is not None:
+        error = error.__cause__
+    return error
+
+
+def _bare_flags_true(args: list[str]) -> list[str]:
+    """`--rollback` alone means `--rollback=true` (draccus wants a value for every flag)."""
+    out = []
+    for i, arg in enumerate(args):
+        bare = arg.startswith("--") and "=" not in arg and arg not in ("--help", "-h")
+        if bare and (i + 1 == len(args) or args[i + 1].startswith("--")):
+            arg += "=true"
+        out.append(arg)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,10 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     command = COMMANDS[name]
     try:
-        args = presets.expand(rest, command.config_class)
+        args = presets.expand(_bare_flags_true(rest), command.config_class)
         cfg = draccus.parse(command.config_class, args=args, prog=f"flywheel {name}")
-    except ValueError as e:
-        print(f"flywheel {name}: {e}", file=sys.stderr)
+    except (ValueError, ParsingError) as e:
+        print(f"flywheel {name}: {_root_cause(e)}", file=sys.stderr)
         return 2
     # Only now: draccus sets the root logger's level while it parses.
     logging.basicConfig(

@@ -25,6 +25,8 @@ class WireConfig:
     daemon_events: str = "tcp://127.0.0.1:5555"
     # The teleop process publishes operator actions, pedal and keys here.
     teleop_state: str = "tcp://127.0.0.1:5556"
+    # The rollout daemon takes deploy / rollback requests here (request/reply).
+    deploy: str = "tcp://127.0.0.1:5557"
 
 
 @dataclass
@@ -189,3 +191,22 @@ class RecordConfig:
             reset_time_s=self.reset_time_s,
             task=self.task,
         )
+
+
+@dataclass
+class DeployConfig:
+    """`flywheel deploy`: send a registry version (or a rollback) to the running rollout daemon."""
+
+    # The registry version to deploy (models/vNNNN). Default: the newest.
+    version: int | None = None
+    # Go back to the version that acted before the current one.
+    rollback: bool = False
+    # The model registry's folder.
+    registry: Path = Path("outputs/models")
+    wire: WireConfig = field(default_factory=WireConfig)
+    # How long to wait for the daemon's answer (loading and checking a large model takes a while).
+    timeout_s: float = 120.0
+
+    def __post_init__(self):
+        if self.rollback and self.version is not None:
+            raise ValueError("version: give either --version or --rollback, not both")

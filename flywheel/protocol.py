@@ -36,6 +36,9 @@ class MessageType(StrEnum):
     OBSERVATION = "observation"  # daemon -> watchers: what the robot sees, every tick
     EPISODE_STARTED = "episode_started"  # daemon -> watchers
     EPISODE_SAVED = "episode_saved"  # daemon -> trainer/watchers: an episode is on disk
+    POLICY_SWAPPED = "policy_swapped"  # daemon -> watchers: a new policy version acts from this frame
+    DEPLOY = "deploy"  # trainer / `flywheel deploy` -> daemon (REQ/REP): load, validate, swap in
+    DEPLOY_REPLY = "deploy_reply"  # daemon -> requester: the outcome
 
 
 class ProtocolError(ValueError):
@@ -238,3 +241,21 @@ class LatestValueSubscriber:
             self._latest[msg.type] = received
         if self._on_message is not None:
             self._on_message(received)
+
+
+def request(
+    ctx: zmq.Context, address: str, msg_type: MessageType, fields: Mapping[str, Any], timeout_s: float
+) -> Message:
+    """One request/reply exchange (REQ socket), bounded in time: raises TimeoutError when no reply
+    comes, ProtocolError when the reply is malformed."""
+    socket = ctx.socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES + MAX_ARRAY_BYTES)
+    try:
+        socket.connect(address)
+        socket.send_multipart(encode(Message(msg_type, dict(fields), {}, 1, time.monotonic())))
+        if not socket.poll(timeout=int(timeout_s * 1000)):
+            raise TimeoutError(f"{address}: no reply to {msg_type} within {timeout_s:.0f} s")
+        return decode(socket.recv_multipart())
+    finally:
+        socket.close()

@@ -36,6 +36,7 @@ def test_sigkill_mid_episode_leaves_saved_episodes_loadable_and_appendable(tmp_p
         f"--dataset.root={root}",
         f"--wire.daemon_events={events}",
         f"--wire.teleop_state={free_address()}",
+        f"--wire.deploy={free_address()}",
     )
     ctx = zmq.Context.instance()
     sub = LatestValueSubscriber(ctx, [events], [MessageType.EPISODE_SAVED, MessageType.OBSERVATION]).start()
@@ -103,6 +104,7 @@ def test_flywheel_run_records_episodes_with_interventions_as_printed(tmp_path):
             f"--dataset.root={root}",
             f"--wire.daemon_events={free_address()}",
             f"--wire.teleop_state={free_address()}",
+            f"--wire.deploy={free_address()}",
             f"--run_dir={tmp_path / 'run'}",
         ),
         env=ENV,

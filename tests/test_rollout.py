@@ -137,4 +137,4 @@ def test_loop_paces_ticks_at_the_control_rate(tmp_path, free_wire):
 
 @pytest.fixture
 def free_wire() -> WireConfig:
-    return WireConfig(daemon_events=free_address(), teleop_state=free_address())
+    return WireConfig(daemon_events=free_address(), teleop_state=free_address(), deploy=free_address())

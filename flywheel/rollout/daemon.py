@@ -21,15 +21,17 @@ from lerobot.teleoperators.utils import make_teleoperator_from_config
 
 from flywheel.configs import RolloutConfig
 from flywheel.dataset import DataType, EpisodeInfo, dataset_features, open_for_append
-from flywheel.policy_source import ChunkPolicy, hold_action, make_chunk_policy
+from flywheel.policy_source import ChunkPolicy, LeRobotChunkPolicy, hold_action, make_chunk_policy
 from flywheel.protocol import MessageType, Publisher
 from flywheel.rollout.cadence import CadenceReport, RateKeeper
+from flywheel.rollout.hotswap import Deployment, HotSwap
 from flywheel.rollout.policy_runner import PolicyRunner
 from flywheel.rollout.recorder import Recorder, SavedEpisode
 from flywheel.rollout.takeover import ControlState, TakeoverMachine
 from flywheel.rollout.teleop_link import LocalTeleop, RemoteTeleop, TeleopSnapshot
 from teleop.observation import ObservationView
 from teleop.pedals import make_pedal
+from trainer.registry import WEIGHTS_FILE, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ class RolloutDaemon:
         self._scalar_names = [k for k, v in self.robot.observation_features.items() if v is float]
         self._stop_requested = False
         self._fault_counts: dict[str, int] = {}
+        self._last_observation: dict[str, Any] | None = None
+        self._task = ""
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> list[EpisodeResult]:
@@ -99,10 +103,25 @@ class RolloutDaemon:
         )
         self.events = Publisher(self._ctx, cfg.wire.daemon_events)
         self.recorder = Recorder(dataset, on_saved=self._announce_saved)
-        self.runner = PolicyRunner(self.policy, cfg.policy.refill_at, blocking=self.lockstep)
+        self.runner = PolicyRunner(
+            self.policy,
+            cfg.policy.refill_at,
+            blocking=self.lockstep,
+            max_wait_s=0.5 / cfg.fps if cfg.fps else 0.0,
+        )
         self.link = self._link or self._make_teleop_link()
+        self.hotswap = HotSwap(
+            self._ctx,
+            cfg.wire.deploy,
+            self._load_deployment,
+            self._newest_observation,
+            len(self.action_names),
+            self._initial_deployment(),
+        )
         try:
             self.robot.connect()
+            self._last_observation = self.robot.get_observation()
+            self.hotswap.start()
             self.link.start()
             self._wait_for_subscribers()
             saved, attempt = 0, 0
@@ -146,8 +165,34 @@ class RolloutDaemon:
         if isinstance(self.link, RemoteTeleop):
             time.sleep(0.3)
 
+    def _initial_deployment(self) -> Deployment | None:
+        path = self.cfg.policy.path
+        if path is None or not (Path(path) / WEIGHTS_FILE).exists():
+            return None
+        return Deployment(self.policy.version, Path(path), sha256_file(Path(path) / WEIGHTS_FILE))
+
+    def _load_deployment(self, deployment: Deployment) -> ChunkPolicy:
+        """Runs on the hot-swap thread: builds the standby policy."""
+        return LeRobotChunkPolicy(
+            deployment.path, self.features, self.action_names, deployment.version, self.cfg.policy.device
+        )
+
+    def _newest_observation(self) -> tuple[dict[str, Any] | None, str]:
+        return self._last_observation, self._task
+
+    def _adopt_standby_policy(self, frame: int) -> None:
+        """Between two ticks: the validated standby policy, if any, acts from now on."""
+        standby = self.hotswap.take()
+        if standby is None:
+            return
+        policy, deployment = standby
+        self.policy = policy
+        self.runner.swap(policy)
+        log.info("policy v%04d acts from frame %d", deployment.version, frame)
+        self.events.publish(MessageType.POLICY_SWAPPED, {"version": deployment.version, "frame": frame})
+
     def _shutdown(self) -> None:
-        for close in (self.runner.close, self.link.stop, self.recorder.close):
+        for close in (self.runner.close, self.link.stop, self.hotswap.stop, self.recorder.close):
             try:
                 close()
             except Exception:
@@ -177,6 +222,7 @@ class RolloutDaemon:
         if self._is_sim():
             self.robot.reset_episode(self.robot.config.seed + episode)
         task = cfg.task or getattr(self.robot, "task_description", lambda: "")() or "do the task"
+        self._task = task
         self.machine.reset()
         self.runner.restart()
         self.rate.reset()
@@ -195,7 +241,9 @@ class RolloutDaemon:
 
     def _tick(self, episode: int, frame: int, task: str, state: _EpisodeState) -> str:
         """One control period. Returns why the episode ends after this tick, or ''."""
+        self._adopt_standby_policy(frame)
         observation = self.robot.get_observation()
+        self._last_observation = observation
         view = self._publish_observation(observation, episode, frame, task)
         snapshot = self.link.poll(view, wait=self.lockstep)
         if state.keys_at_start is None:
@@ -210,10 +258,9 @@ class RolloutDaemon:
             return "estop"
 
         intervening = self.machine.state == ControlState.INTERVENING
-        action = self._choose_action(observation, task, frame, snapshot, intervening)
+        action, version = self._choose_action(observation, task, frame, snapshot, intervening)
         sent = self.robot.send_action(dict(zip(self.action_names, action.tolist(), strict=True)))
         sent_vec = np.array([sent[name] for name in self.action_names], dtype=np.float32)
-        version = 0 if intervening else self.policy.version
         self.recorder.add_frame(observation, sent_vec, intervening, version, task)
         state.frames += 1
         state.intervention_frames += intervening
@@ -227,19 +274,23 @@ class RolloutDaemon:
         return ""
 
     def _choose_action(
-        self, observation: dict[str, Any], task: str, frame: int, snapshot: TeleopSnapshot, intervening: bool
-    ) -> np.ndarray:
+        self,
+        observation: dict[str, Any],
+        task: str,
+        frame: int,
+        snapshot: TeleopSnapshot,
+        intervening: bool,
+    ) -> tuple[np.ndarray, int]:
+        """The action for this tick and the policy version it came from (0: operator or hold)."""
         hold = hold_action(observation, self.action_names)
         if intervening:
             fresh = snapshot.action is not None and snapshot.age_s * 1000 <= self.cfg.teleop_timeout_ms
             if not fresh:
-                return hold  # the operator's stream is stale: hold rather than replay an old command
-            return np.array(
-                [snapshot.action.get(name, h) for name, h in zip(self.action_names, hold, strict=True)],
-                dtype=np.float32,
-            )
-        action = self.runner.next_action(observation, task, frame)
-        return hold if action is None else action
+                return hold, 0  # the operator's stream is stale: hold rather than replay an old command
+            operator = [snapshot.action.get(name, h) for name, h in zip(self.action_names, hold, strict=True)]
+            return np.array(operator, dtype=np.float32), 0
+        queued = self.runner.next_action(observation, task, frame)
+        return (hold, 0) if queued is None else queued
 
     def _on_transition(self, change: tuple[ControlState, ControlState], state: _EpisodeState) -> None:
         old, new = change

@@ -1,6 +1,7 @@
 """Runs a chunk policy beside the control loop.
 
-The loop pops one action per tick from a queue. When the queue runs low, the newest observation is
+The loop pops one action per tick from a queue (each action with the version of the policy that
+computed it, which the frame records). When the queue runs low, the newest observation is
 handed to a worker thread that computes the next chunk; when that chunk arrives, the actions for
 ticks that passed while it was being computed are dropped, so the robot continues from where it is
 now. In lockstep (fps=0) the loop waits for the chunk instead, which keeps the sim deterministic.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from typing import Any
 
@@ -21,16 +23,21 @@ log = logging.getLogger(__name__)
 
 
 class PolicyRunner:
-    def __init__(self, policy: ChunkPolicy, refill_at: int, blocking: bool):
+    def __init__(self, policy: ChunkPolicy, refill_at: int, blocking: bool, max_wait_s: float = 0.0):
+        """max_wait_s: in real time, how long a tick may wait for a chunk being computed when the
+        queue is empty (at an episode start, after a takeover): a fraction of the period, so the
+        tick stays on time and the robot holds only when inference is really late."""
         self.policy = policy
         self.refill_at = refill_at
         self.blocking = blocking
-        self._queue: deque[np.ndarray] = deque()
+        self.max_wait_s = max_wait_s
+        self._queue: deque[tuple[np.ndarray, int]] = deque()
         self._cond = threading.Condition()
         self._request: tuple[int, dict[str, Any], str, int] | None = None  # generation, obs, task, tick
-        self._result: tuple[int, np.ndarray, int] | None = None  # generation, chunk, tick
+        self._result: tuple[int, np.ndarray, int, int] | None = None  # generation, chunk, tick, version
         self._in_flight = False
         self._generation = 0
+        self._refill_now = False
         self._stop = False
         self.misses = 0  # ticks on which no policy action was ready (the loop held position)
         self.errors = 0
@@ -47,19 +54,38 @@ class PolicyRunner:
             self._result = None
         self.policy.reset()
 
-    def next_action(self, observation: dict[str, Any], task: str, tick: int) -> np.ndarray | None:
+    def swap(self, policy: ChunkPolicy) -> None:
+        """Act with another policy from now on (control thread, between ticks). In real time the
+        queued actions of the old one bridge the ticks until the new one's first chunk arrives, so
+        the robot never waits; in lockstep the new one acts from this very tick."""
+        with self._cond:
+            self.policy = policy
+            self._generation += 1  # a chunk the old policy is still computing is dropped
+            self._result = None
+            self._refill_now = True
+            if self.blocking:
+                self._queue.clear()
+
+    def next_action(self, observation: dict[str, Any], task: str, tick: int) -> tuple[np.ndarray, int] | None:
+        """The action for this tick and the version of the policy that computed it."""
         with self._cond:
             self._take_result(tick)
             # Lockstep asks only when the queue is empty and waits, so a chunk always starts on the
             # observation it was computed from: the same seeds give the same run.
             low = not self._queue if self.blocking else len(self._queue) <= self.refill_at
+            low = low or self._refill_now
             if low and not self._in_flight:
                 self._request = (self._generation, observation, task, tick)
                 self._in_flight = True
+                self._refill_now = False
                 self._cond.notify_all()
-            if not self._queue and self.blocking:
+            if not self._queue:
+                deadline = None if self.blocking else time.monotonic() + self.max_wait_s
                 while self._in_flight and not self._stop:
-                    self._cond.wait()
+                    remaining = None if deadline is None else deadline - time.monotonic()
+                    if remaining is not None and remaining <= 0:
+                        break
+                    self._cond.wait(timeout=remaining)
                 self._take_result(tick)
             if not self._queue:
                 self.misses += 1
@@ -69,12 +95,12 @@ class PolicyRunner:
     def _take_result(self, tick: int) -> None:
         if self._result is None:
             return
-        generation, chunk, asked_at = self._result
+        generation, chunk, asked_at, version = self._result
         self._result = None
         if generation != self._generation:
             return
         stale = max(0, tick - asked_at)
-        self._queue = deque(chunk[stale:])
+        self._queue = deque((action, version) for action in chunk[stale:])
 
     def _work(self) -> None:
         while True:
@@ -85,8 +111,9 @@ class PolicyRunner:
                     return
                 generation, observation, task, tick = self._request
                 self._request = None
+                policy = self.policy
             try:
-                chunk = np.asarray(self.policy.predict_chunk(observation, task), dtype=np.float32)
+                chunk = np.asarray(policy.predict_chunk(observation, task), dtype=np.float32)
                 if chunk.ndim != 2 or not np.all(np.isfinite(chunk)):
                     raise ValueError(f"policy chunk: shape {chunk.shape}, finite={np.isfinite(chunk).all()}")
             except Exception as e:  # a failing policy must not take the loop down: it holds instead
@@ -96,7 +123,7 @@ class PolicyRunner:
                 chunk = None
             with self._cond:
                 if chunk is not None:
-                    self._result = (generation, chunk, tick)
+                    self._result = (generation, chunk, tick, policy.version)
                 self._in_flight = False
                 self._cond.notify_all()
 
