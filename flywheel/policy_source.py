@@ -70,6 +70,9 @@ class LeRobotChunkPolicy:
     ):
         from lerobot.configs.policies import PreTrainedConfig
         from lerobot.policies.factory import get_policy_class, make_pre_post_processors
+        from lerobot.utils.import_utils import register_third_party_plugins
+
+        register_third_party_plugins()  # policy types from plugins (pi_star_recap) register on import
 
         if not (Path(path) / "config.json").exists():
             raise FileNotFoundError(

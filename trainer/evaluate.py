@@ -1,0 +1,80 @@
+"""Evaluating a policy checkpoint on the simulated arm: the gate's sim check and the demo's numbers.
+
+It runs the real rollout daemon in lockstep with nobody at the pedal, on held-out scene seeds, and
+records the evaluation episodes into a dataset of their own (never into the training data).
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
+from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.teleop_link import LocalTeleop
+from robots.sim import SimArmConfig
+from teleop.pedals import ConstantPedal, ConstantPedalConfig
+from teleop.sim_operator import SimOperator, SimOperatorConfig
+
+EVAL_SEED_OFFSET = 100_000  # evaluation scenes never overlap the training scenes (seed + episode)
+
+
+@dataclass
+class EvalResult:
+    episodes: int
+    success_rate: float
+    success_ci95: float  # half-width of the normal-approximation 95% interval
+    mean_steps_to_success: float  # over successful episodes (nan when none)
+    mean_steps: float  # failures counted as the horizon: lower means more throughput
+    horizon: int
+
+    def line(self) -> str:
+        return (
+            f"success {self.success_rate:.2f} ± {self.success_ci95:.2f} over {self.episodes} episodes, "
+            f"steps to success {self.mean_steps_to_success:.1f}, "
+            f"steps (failures = {self.horizon}) {self.mean_steps:.1f}"
+        )
+
+
+def evaluate_in_sim(
+    policy_path: Path,
+    task: str,
+    episodes: int,
+    out_dir: Path,
+    seed: int = EVAL_SEED_OFFSET,
+    horizon: int = 200,
+    version: int = 1,
+) -> EvalResult:
+    tag = uuid.uuid4().hex[:8]
+    cfg = RolloutConfig(
+        robot=SimArmConfig(task=task, seed=seed),
+        policy=PolicySourceConfig(path=Path(policy_path), version=version),
+        dataset=DatasetConfig(root=Path(out_dir), repo_id="local/eval"),
+        # In-process transport: an evaluation opens no TCP port and can run beside a live daemon.
+        wire=WireConfig(
+            daemon_events=f"inproc://eval-events-{tag}",
+            teleop_state=f"inproc://eval-teleop-{tag}",
+            deploy=f"inproc://eval-deploy-{tag}",
+        ),
+        episodes=episodes,
+        fps=0,
+        episode_time_s=horizon / 30,
+        report_cadence=False,
+    )
+    nobody = LocalTeleop(SimOperator(SimOperatorConfig()), ConstantPedal(ConstantPedalConfig(pressed=False)))
+    results = RolloutDaemon(cfg, link=nobody).run()
+    return summarize([(r.success, r.frames) for r in results], horizon)
+
+
+def summarize(outcomes: list[tuple[bool, int]], horizon: int) -> EvalResult:
+    success = np.array([s for s, _ in outcomes], dtype=float)
+    steps = np.array([n if s else horizon for s, n in outcomes], dtype=float)
+    n = len(outcomes)
+    rate = float(success.mean()) if n else float("nan")
+    ci = 1.96 * math.sqrt(rate * (1 - rate) / n) if n else float("nan")
+    to_success = float(steps[success == 1].mean()) if success.any() else float("nan")
+    return EvalResult(n, rate, ci, to_success, float(steps.mean()) if n else float("nan"), horizon)

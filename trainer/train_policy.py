@@ -1,0 +1,185 @@
+"""Train a LeRobot policy on a (labeled) flywheel dataset, through HuggingFace accelerate.
+
+One loop, readable top to bottom: the same code runs on one CPU, one GPU, or many GPUs and nodes
+(`accelerate launch -m trainer.train_policy ...`). Why not stock lerobot-train: the flywheel needs
+its own sampler (data-type weights), TensorBoard besides WandB, and an in-process call the trainer
+and the demo can make without paying a process start per iteration. Stock lerobot-train works on
+the same datasets and policies too (docs/recap.md).
+
+Checkpoints: <out>/checkpoints/last (accelerate state + step) every `save_every` steps; `resume`
+continues from there. The result is a LeRobot pretrained_model folder: <out>/pretrained_model.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import draccus
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.datasets.factory import resolve_delta_timestamps
+from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+from lerobot.policies.factory import get_policy_class, make_policy, make_pre_post_processors
+from lerobot.utils.import_utils import register_third_party_plugins
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainPolicyConfig:
+    # The (labeled) dataset to train on.
+    dataset_root: Path = Path("outputs/datasets/labeled")
+    repo_id: str = "local/flywheel"
+    # Start from this pretrained_model folder (warm start, or the base checkpoint) ...
+    init_from: Path | None = None
+    # ... or build a new policy of this type and preset (e.g. pi_star_recap / tiny).
+    policy_type: str = "pi_star_recap"
+    policy_preset: str | None = "tiny"
+    output_dir: Path = Path("outputs/train/policy")
+    steps: int = 1000
+    batch_size: int = 32
+    num_workers: int = 0
+    seed: int = 0
+    device: str | None = None  # None: accelerate picks (cuda when there is one)
+    save_every: int = 500
+    log_every: int = 50
+    resume: bool = False
+    # Experiment trackers for accelerate: tensorboard, wandb (WANDB_MODE=offline works without a network).
+    trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # Per-frame sampling weights (a .npy of length num_frames); None: uniform shuffling.
+    sample_weights: Path | None = None
+
+
+def train_policy(cfg: TrainPolicyConfig) -> Path:
+    register_third_party_plugins()
+    accelerator = Accelerator(
+        log_with=cfg.trackers or None, project_dir=str(cfg.output_dir), cpu=cfg.device == "cpu"
+    )
+    set_seed(cfg.seed)
+    policy, dataset, preprocessor, postprocessor = _build(cfg, accelerator.device)
+    loader = _loader(cfg, dataset)
+    optimizer = policy.config.get_optimizer_preset().build(policy.get_optim_params())
+    scheduler_preset = policy.config.get_scheduler_preset()
+    scheduler = scheduler_preset.build(optimizer, cfg.steps) if scheduler_preset else None
+    grad_clip = getattr(policy.config.get_optimizer_preset(), "grad_clip_norm", 10.0)
+    policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
+    if scheduler is not None:
+        accelerator.register_for_checkpointing(scheduler)
+    if accelerator.is_main_process:
+        accelerator.init_trackers("flywheel", config={"steps": cfg.steps, "batch_size": cfg.batch_size})
+
+    step = _resume(cfg, accelerator) if cfg.resume else 0
+    batches = _forever(loader)
+    progress = tqdm(
+        total=cfg.steps, initial=step, desc="train policy", disable=not accelerator.is_main_process
+    )
+    while step < cfg.steps:
+        batch = preprocessor(next(batches))
+        policy.train()
+        with accelerator.autocast():
+            loss, info = policy(batch)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(policy.parameters(), grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        unwrapped = accelerator.unwrap_model(policy)
+        if hasattr(unwrapped, "update"):  # the seed's policy API: called after each optimizer step
+            unwrapped.update()
+        step += 1
+        progress.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            metrics = {"loss": loss.item(), **{k: float(v) for k, v in (info or {}).items()}}
+            accelerator.log(metrics, step=step)
+            progress.set_postfix(loss=f"{metrics['loss']:.4f}")
+        if step % cfg.save_every == 0 or step == cfg.steps:
+            _checkpoint(cfg, accelerator, step)
+    progress.close()
+    out = cfg.output_dir / "pretrained_model"
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(policy).save_pretrained(out)
+        preprocessor.save_pretrained(out)
+        postprocessor.save_pretrained(out)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return out
+
+
+def _build(cfg: TrainPolicyConfig, device: torch.device):
+    meta = LeRobotDatasetMetadata(cfg.repo_id, root=cfg.dataset_root)
+    if cfg.init_from is not None:
+        policy_cfg = PreTrainedConfig.from_pretrained(cfg.init_from)
+        policy_cfg.device = device.type
+        policy = get_policy_class(policy_cfg.type).from_pretrained(cfg.init_from, config=policy_cfg)
+        # Keep the parent's normalization: the same inputs mean the same thing to the warm-started weights.
+        pre, post = make_pre_post_processors(
+            policy_cfg,
+            pretrained_path=str(cfg.init_from),
+            preprocessor_overrides={"device_processor": {"device": device.type}},
+        )
+    else:
+        preset = {} if cfg.policy_preset is None else {"preset": cfg.policy_preset}
+        policy_cfg = PreTrainedConfig.get_choice_class(cfg.policy_type)(device=device.type, **preset)
+        policy = make_policy(policy_cfg, ds_meta=meta)
+        pre, post = make_pre_post_processors(policy_cfg, dataset_stats=meta.stats)
+    delta = resolve_delta_timestamps(policy.config, meta)
+    dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root, delta_timestamps=delta)
+    return policy, dataset, pre, post
+
+
+def _loader(cfg: TrainPolicyConfig, dataset: LeRobotDataset) -> torch.utils.data.DataLoader:
+    sampler = None
+    if cfg.sample_weights is not None:
+        weights = np.load(cfg.sample_weights)
+        if len(weights) != len(dataset):
+            raise ValueError(f"sample_weights: {len(weights)} weights for {len(dataset)} frames")
+        sampler = torch.utils.data.WeightedRandomSampler(
+            torch.as_tensor(weights, dtype=torch.double), num_samples=len(dataset), replacement=True
+        )
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        num_workers=cfg.num_workers,
+        drop_last=len(dataset) > cfg.batch_size,
+    )
+
+
+def _forever(loader):
+    while True:
+        yield from loader
+
+
+def _checkpoint(cfg: TrainPolicyConfig, accelerator: Accelerator, step: int) -> None:
+    path = cfg.output_dir / "checkpoints" / "last"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "step.json").write_text(json.dumps({"step": step}))
+
+
+def _resume(cfg: TrainPolicyConfig, accelerator: Accelerator) -> int:
+    path = cfg.output_dir / "checkpoints" / "last"
+    if not (path / "step.json").exists():
+        raise FileNotFoundError(f"resume: no checkpoint at {path}")
+    accelerator.load_state(str(path))
+    step = json.loads((path / "step.json").read_text())["step"]
+    log.info("resumed from step %d", step)
+    return step
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO)
+    train_policy(draccus.parse(TrainPolicyConfig))
+
+
+if __name__ == "__main__":
+    main()
