@@ -5,6 +5,8 @@
     flywheel teleop   --robot sim ...                                the teleop process alone
     flywheel record   --robot sim --episodes 3 ...                   operator-only demonstrations
     flywheel deploy   --version 3 | --rollback                       hot-swap weights into the daemon
+    flywheel label    --dataset.root=IN --output.root=OUT            value function + advantage labels
+    flywheel trainer  --dataset_root=DIR --every=10                  RECAP iterations in the background
 
 Flags are LeRobot's draccus style (--robot.type=sim --robot.task=push-v3 --dataset.root=DIR);
 `--robot NAME` first loads configs/robots/NAME.yaml. `flywheel COMMAND --help` lists every option.
@@ -12,6 +14,7 @@ Flags are LeRobot's draccus style (--robot.type=sim --robot.task=push-v3 --datas
 
 from __future__ import annotations
 
+import importlib
 import logging
 import signal
 import sys
@@ -27,9 +30,16 @@ from flywheel.configs import DeployConfig, RecordConfig, RolloutConfig, RunConfi
 
 @dataclass
 class Command:
-    config_class: type
+    config: type | str  # the class, or "module:Class" for commands whose imports are heavy
     main: Callable
     summary: str
+
+    @property
+    def config_class(self) -> type:
+        if isinstance(self.config, str):
+            module, name = self.config.split(":")
+            return getattr(importlib.import_module(module), name)
+        return self.config
 
 
 def _rollout(cfg: RolloutConfig) -> int:
@@ -94,6 +104,21 @@ def _deploy(cfg: DeployConfig) -> int:
     return 0 if reply.fields.get("status") in ("swapped", "queued") else 1
 
 
+def _label(cfg) -> int:
+    from flywheel.recap.labeling import label_main
+
+    return label_main(cfg)
+
+
+def _trainer(cfg) -> int:
+    from trainer.loop import Trainer
+
+    trainer = Trainer(cfg)
+    signal.signal(signal.SIGTERM, lambda *_: trainer.stop())
+    trainer.run()
+    return 0
+
+
 def _print_summary(results) -> None:
     print(
         f"{'episode':>7}  {'frames':>6}  {'success':>7}  {'data_type':>12}  {'interv.':>7}  {'saved':>5}  end"
@@ -120,6 +145,14 @@ COMMANDS: dict[str, Command] = {
     "record": Command(RecordConfig, _record, "operator-only demonstrations (data_type=demo)"),
     "deploy": Command(
         DeployConfig, _deploy, "swap a registry version (or --rollback) into the running daemon"
+    ),
+    "label": Command(
+        "flywheel.recap.labeling:LabelConfig",
+        _label,
+        "train a value function, label advantages (new dataset)",
+    ),
+    "trainer": Command(
+        "trainer.loop:TrainerConfig", _trainer, "the background trainer: RECAP iterations, gate, deploy"
     ),
 }
 

@@ -46,8 +46,10 @@ class PolicySourceConfig:
     path: Path | None = None
     # Without a path: `hold` (keep still) or `random` (a random walk that drifts, to exercise takeovers).
     baseline: str = "hold"
-    # Version number recorded as policy_version for the frames it acts on (0 = no policy).
-    version: int = 1
+    # Recorded as policy_version on the frames it acts on. Default: the registry version when `path`
+    # is a registry folder (models/vNNNN), 1 for another pretrained folder, -1 for a baseline.
+    # (0 is reserved for the operator.)
+    version: int | None = None
     # Device for a pretrained policy.
     device: str = "cpu"
     # Start computing the next chunk when this many actions are left in the queue.
@@ -139,6 +141,15 @@ class RunConfig:
     max_restarts: int = 3
     # Where the children's resolved configs and logs go. Default: <dataset.root>/../runs/<time>.
     run_dir: Path | None = None
+    # Also run the background trainer: RECAP iterations on the new episodes, gate, hot-swap.
+    trainer: bool = False
+    # The trainer's own settings: a YAML of `flywheel trainer` fields (see its --help). The dataset,
+    # the wire and the sim task come from this run.
+    trainer_config: Path | None = None
+    # New episodes per continuous training iteration.
+    train_every: int = 10
+    # The model registry the trainer publishes to.
+    registry: Path = Path("outputs/models")
 
     def rollout_config(self) -> RolloutConfig:
         return RolloutConfig(

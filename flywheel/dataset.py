@@ -19,8 +19,11 @@ never touches what is saved.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import shutil
+import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
@@ -192,3 +195,57 @@ def episode_table(dataset: LeRobotDataset) -> pd.DataFrame:
     if missing:
         raise ValueError(f"meta/episodes: the dataset at {dataset.root} has no column(s) {missing}")
     return episodes.select_columns(columns).to_pandas()
+
+
+def snapshot(root: Path, dest: Path) -> list[int]:
+    """A consistent, read-only view of a dataset that is still being recorded into, at `dest`.
+
+    Saved episodes' files never change (see save_episode), so they are hard-linked (copied across
+    filesystems); the few files LeRobot rewrites on every save (info, stats, tasks) are copied, and
+    info's totals are set to the episodes in the snapshot. An episode being written right now (its
+    metadata file not yet complete) is left out. Returns the episode indices in the snapshot.
+    """
+    root, dest = Path(root), Path(dest)
+    if dest.exists():
+        raise FileExistsError(f"snapshot: {dest} exists")
+    rows = []
+    for path in sorted((root / "meta" / "episodes").glob("*/*.parquet")):
+        try:
+            rows.append((path, pd.read_parquet(path)))
+        except Exception:  # no footer yet: the recorder is writing this episode now
+            continue
+    episodes = pd.concat([df for _, df in rows], ignore_index=True) if rows else pd.DataFrame()
+    for path, _ in rows:
+        _link(path, dest / path.relative_to(root))
+    for chunk, file in zip(
+        episodes.get("data/chunk_index", []), episodes.get("data/file_index", []), strict=True
+    ):
+        relative = Path("data") / f"chunk-{chunk:03d}" / f"file-{file:03d}.parquet"
+        _link(root / relative, dest / relative)
+    for name in ("meta/stats.json", "meta/tasks.parquet"):
+        if (root / name).exists():
+            shutil.copy2(root / name, dest / name)
+    info = _read_json_retrying(root / "meta" / "info.json")
+    info["total_episodes"] = len(episodes)
+    info["total_frames"] = int(episodes["length"].sum()) if len(episodes) else 0
+    info["splits"] = {"train": f"0:{len(episodes)}"}
+    (dest / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    return sorted(int(i) for i in episodes.get("episode_index", []))
+
+
+def _link(source: Path, target: Path) -> None:
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _read_json_retrying(path: Path, attempts: int = 20) -> dict:
+    """info.json is rewritten in place on every save; a read can land mid-write."""
+    for _ in range(attempts):
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            time.sleep(0.05)
+    raise ValueError(f"{path}: not valid JSON after {attempts} reads")

@@ -3,6 +3,7 @@ actions. A LeRobot pretrained policy (any type with predict_action_chunk), or a 
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 from typing import Any, Protocol
@@ -105,11 +106,24 @@ class LeRobotChunkPolicy:
         self.policy.reset()
 
 
+BASELINE_VERSION = -1  # policy_version of frames a built-in baseline (hold, random) acted on
+
+
+def resolved_version(cfg: PolicySourceConfig) -> int:
+    if cfg.version is not None:
+        return cfg.version
+    if cfg.path is None:
+        return BASELINE_VERSION
+    manifest = Path(cfg.path) / "manifest.json"  # a model registry version knows its number
+    return int(json.loads(manifest.read_text())["version"]) if manifest.exists() else 1
+
+
 def make_chunk_policy(
     cfg: PolicySourceConfig, dataset_features: dict, action_names: list[str]
 ) -> ChunkPolicy:
+    version = resolved_version(cfg)
     if cfg.path is not None:
-        return LeRobotChunkPolicy(cfg.path, dataset_features, action_names, cfg.version, cfg.device)
+        return LeRobotChunkPolicy(cfg.path, dataset_features, action_names, version, cfg.device)
     if cfg.baseline == "random":
-        return RandomWalkPolicy(action_names, cfg.version, cfg.seed)
-    return HoldPolicy(action_names, cfg.version)
+        return RandomWalkPolicy(action_names, version, cfg.seed)
+    return HoldPolicy(action_names, version)

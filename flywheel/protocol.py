@@ -58,7 +58,7 @@ def encode(msg: Message) -> list[bytes]:
     array_specs = []
     buffers = []
     for name, value in msg.arrays.items():
-        arr = np.ascontiguousarray(value)
+        arr = np.require(value, requirements="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
         if arr.dtype.name not in ALLOWED_DTYPES:
             raise ProtocolError(
                 f"arrays.{name}.dtype: {arr.dtype.name!r} is not one of {sorted(ALLOWED_DTYPES)}"
@@ -91,6 +91,8 @@ def decode(frames: list[bytes]) -> Message:
         header = json.loads(frames[1])
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ProtocolError(f"header: not valid JSON ({e})") from None
+    except RecursionError:
+        raise ProtocolError("header: JSON nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError(f"header: expected a JSON object, got {type(header).__name__}")
     if header.get("v") != PROTOCOL_VERSION:
@@ -126,14 +128,18 @@ def _decode_array(spec: Any, buf: bytes) -> tuple[str, np.ndarray]:
     name, dtype, shape = spec["name"], spec.get("dtype"), spec.get("shape")
     if dtype not in ALLOWED_DTYPES:
         raise ProtocolError(f"arrays.{name}.dtype: {dtype!r} is not one of {sorted(ALLOWED_DTYPES)}")
-    if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+    if not isinstance(shape, list) or len(shape) > 32 or not all(_is_dim(d) for d in shape):
         raise ProtocolError(f"arrays.{name}.shape: {shape!r} is not a list of non-negative integers")
     if len(buf) > MAX_ARRAY_BYTES:
         raise ProtocolError(f"arrays.{name}: {len(buf)} bytes exceeds the limit of {MAX_ARRAY_BYTES}")
-    expected = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+    expected = math.prod(shape) * np.dtype(dtype).itemsize  # Python ints: no int64 wrap-around
     if expected != len(buf):
         raise ProtocolError(f"arrays.{name}: shape {shape} of {dtype} needs {expected} bytes, got {len(buf)}")
     return name, np.frombuffer(buf, dtype=dtype).reshape(shape).copy()
+
+
+def _is_dim(d: Any) -> bool:
+    return isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ARRAY_BYTES
 
 
 class Publisher:
@@ -232,9 +238,9 @@ class LatestValueSubscriber:
     def _accept(self, frames: list[bytes]) -> None:
         try:
             msg = decode(frames)
-        except ProtocolError as e:
+        except Exception as e:  # whatever a peer sends, the receiving thread must live on
             self.rejected += 1
-            self.last_error = str(e)
+            self.last_error = str(e) if isinstance(e, ProtocolError) else f"{type(e).__name__}: {e}"
             return
         received = Received(msg, time.monotonic())
         with self._lock:

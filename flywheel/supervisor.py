@@ -43,6 +43,21 @@ def write_config(cfg, path: Path) -> Path:
     return path
 
 
+def trainer_config(cfg: RunConfig):
+    """The trainer child's config: its own file (if any), with this run's dataset, wire and task."""
+    from trainer.loop import TrainerConfig
+
+    args = [] if cfg.trainer_config is None else [f"--config_path={cfg.trainer_config}"]
+    trainer = draccus.parse(TrainerConfig, args=args)
+    trainer.dataset_root = cfg.dataset.root
+    trainer.registry = cfg.registry
+    trainer.work_dir = Path(cfg.dataset.root).parent / f"{Path(cfg.dataset.root).name}-trainer"
+    trainer.wire = cfg.wire
+    trainer.every = cfg.train_every
+    trainer.sim_task = getattr(cfg.robot, "task", None) if getattr(cfg.robot, "type", "") == "sim" else None
+    return trainer
+
+
 def run(cfg: RunConfig) -> int:
     run_dir = cfg.run_dir or Path(cfg.dataset.root).parent / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -53,6 +68,14 @@ def run(cfg: RunConfig) -> int:
         "rollout", write_config(cfg.rollout_config(), run_dir / "rollout.yaml"), run_dir / "rollout.log"
     )
     children = [teleop, rollout]  # teleop first: it is listening when the first observation comes
+    if cfg.trainer:
+        children.append(
+            Child(
+                "trainer",
+                write_config(trainer_config(cfg), run_dir / "trainer.yaml"),
+                run_dir / "trainer.log",
+            )
+        )
     log.info("run directory %s", run_dir)
     interrupted = False
 
@@ -70,10 +93,21 @@ def run(cfg: RunConfig) -> int:
             if code == 0:
                 log.info("the rollout daemon finished")
                 return 0
-            for child in children:
-                if child.process.poll() is not None and not _restart(child, cfg.max_restarts):
-                    log.error("%s exited with %s too often; stopping", child.name, child.process.returncode)
+            for child in list(children):
+                if child.process.poll() is None or _restart(child, cfg.max_restarts):
+                    continue
+                if child is rollout:
+                    log.error(
+                        "the rollout daemon exited with %s too often; stopping", child.process.returncode
+                    )
                     return 1
+                # Without teleop the policy runs on (no takeovers); without the trainer the weights stay.
+                log.error(
+                    "%s exited with %s too often; the daemon runs on without it",
+                    child.name,
+                    child.process.returncode,
+                )
+                children.remove(child)
         log.info("interrupted: stopping")
         return 130
     finally:

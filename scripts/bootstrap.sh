@@ -59,7 +59,8 @@ if [ "$(cat "$VENV/.flywheel-stamp" 2>/dev/null)" != "$stamp-$BASE" ]; then
   "$PYTHON" -m venv --without-pip "$VENV"
   site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   base_site=$("$BASE/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
-  echo "$base_site" > "$site/_flywheel_base.pth"
+  # addsitedir (not a bare path) so the base's own .pth files (rerun_sdk.pth, ...) are processed too.
+  echo "import site; site.addsitedir('$base_site')" > "$site/_flywheel_base.pth"
   # Console scripts of the base (pytest, ruff, lerobot-train, accelerate, ...) re-pointed at this
   # interpreter, so they see this checkout's packages too.
   for script in "$BASE"/bin/*; do

@@ -91,11 +91,13 @@ class SimPedalConfig(PedalConfig):
     grace_frames: int = 15
     # Release once the distance fell by this fraction since the press (or on success) ...
     recover_fraction: float = 0.5
-    # ... but hold at least / at most this many frames.
+    # ... but hold at least this many frames ...
     min_hold_frames: int = 10
+    # ... and at most this many.
     max_hold_frames: int = 80
     # After a release, wait this many frames before pressing again.
     cooldown_frames: int = 20
+    # Seed of the press draws.
     seed: int = 0
 
     def __post_init__(self):
@@ -164,10 +166,15 @@ class KeyboardPedalConfig(PedalConfig):
 
     A terminal sees key presses, not releases, so the takeover key toggles."""
 
+    # Toggles the takeover.
     takeover_key: str = " "
+    # Ends the episode as a success.
     success_key: str = "s"
+    # Ends the episode as a failure.
     failure_key: str = "f"
+    # Discards the episode (it is run again).
     rerecord_key: str = "r"
+    # Emergency stop: nothing more is sent; the daemon stops.
     estop_key: str = "e"
 
 

@@ -18,7 +18,9 @@ class SimArmConfig(RobotConfig):
     seed: int = 0
     # Render a low-resolution camera image `front` into each observation (software EGL: slow).
     camera: bool = False
+    # Camera image width in pixels.
     camera_width: int = 96
+    # Camera image height in pixels.
     camera_height: int = 96
     # MetaWorld camera to render from.
     camera_name: str = "corner2"

@@ -13,6 +13,7 @@ import weakref
 from typing import Any
 
 import numpy as np
+from gymnasium.utils import seeding
 from lerobot.robots.robot import Robot
 
 from robots.sim.config_sim import SimArmConfig
@@ -95,6 +96,9 @@ class SimArm(Robot):
     def reset_episode(self, seed: int | None = None) -> None:
         """Set up a new scene. Without a seed, the next one after the previous episode's."""
         self._episode_seed = self._episode_seed + 1 if seed is None else seed
+        # MT1 picks the scene from the env's own generator before reset(seed=...) reseeds it, so
+        # reseed that first: the same seed must give the same scene (evaluation seeds, lockstep runs).
+        self._env.unwrapped.np_random, _ = seeding.np_random(self._episode_seed)
         state, _ = self._env.reset(seed=self._episode_seed)
         self._set_state(state, success=False)
         self.steps = 0
@@ -147,3 +151,4 @@ class SimArm(Robot):
         if self._env is not None:
             self._env.close()
             self._env = None
+        LOCAL_SIMS.pop(self.id or "sim", None)

@@ -22,6 +22,7 @@ class SimOperatorConfig(TeleoperatorConfig):
     # Where the operator watches the scene: `local` (a sim in this process) or the rollout daemon's
     # event address (e.g. tcp://127.0.0.1:5555), fed by the teleop process.
     observation_source: str = "daemon"
+    # Seed of the operator's noise and lapses.
     seed: int = 0
 
     def __post_init__(self):
