@@ -1,0 +1,179 @@
+"""The model registry and hot-swapping weights into a running daemon."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from lerobot.configs.types import FeatureType, PolicyFeature
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+from safetensors.torch import load_file, save_file
+
+from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
+from flywheel.policies.pi_star_recap import (
+    PiStarRECAPConfig,
+    PiStarRECAPPolicy,
+    make_pi_star_recap_pre_post_processors,
+)
+from flywheel.protocol import MessageType, request
+from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.teleop_link import LocalTeleop
+from robots.sim import SimArmConfig
+from tests.netutil import free_address
+from tests.test_rollout import FramePedal, ScriptedOperator
+from trainer.registry import WEIGHTS_FILE, ModelRegistry, sha256_file
+
+
+def tiny_checkpoint(path: Path, seed: int) -> Path:
+    """A tiny pi_star_recap for the sim (39-dim state, 4-dim action), saved the LeRobot way."""
+    torch.manual_seed(seed)
+    cfg = PiStarRECAPConfig(
+        preset="tiny",
+        device="cpu",
+        chunk_size=10,
+        n_action_steps=10,
+        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (39,))},
+        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
+    )
+    stats = {
+        key: {s: torch.zeros(n) if s == "mean" else torch.ones(n) for s in ("mean", "std", "min", "max")}
+        for key, n in (("observation.state", 39), ("action", 4))
+    }
+    for key in stats:
+        stats[key]["min"] = -stats[key]["max"]
+        stats[key]["q01"], stats[key]["q99"] = stats[key]["min"], stats[key]["max"]
+    pre, post = make_pi_star_recap_pre_post_processors(cfg, dataset_stats=stats)
+    for part in (PiStarRECAPPolicy(cfg), pre, post):
+        part.save_pretrained(path)
+    return path
+
+
+def tampered_copy(registry: ModelRegistry, version: int, change) -> dict:
+    """Republish `version` with its weights changed by `change(state_dict)`; returns deploy fields."""
+    source = registry.path(version)
+    weights = load_file(source / WEIGHTS_FILE)
+    change(weights)
+    staging = source.parent / f"edit-{len(registry.versions())}"
+    staging.mkdir()
+    for f in source.iterdir():
+        if f.name not in (WEIGHTS_FILE, "manifest.json"):
+            (staging / f.name).write_bytes(f.read_bytes())
+    save_file(weights, staging / WEIGHTS_FILE)
+    manifest = registry.publish(staging, parent=version)
+    return {
+        "version": manifest.version,
+        "path": str(registry.path(manifest.version)),
+        "sha256": manifest.sha256,
+    }
+
+
+def test_registry_numbers_versions_never_overwrites_and_verifies(tmp_path):
+    registry = ModelRegistry(tmp_path / "models")
+    first = registry.publish(tiny_checkpoint(tmp_path / "a", seed=0), episodes=[2, 0, 1], kind="nightly")
+    second = registry.publish(tiny_checkpoint(tmp_path / "b", seed=1), parent=1)
+    assert (first.version, second.version) == (1, 2)
+    assert registry.versions() == [1, 2] and registry.latest() == 2
+    assert registry.manifest(1).episodes == [0, 1, 2] and registry.manifest(2).parent == 1
+    assert registry.manifest(2).sha256 == sha256_file(registry.path(2) / WEIGHTS_FILE)
+    assert registry.verify(1)
+
+    before = (registry.path(1) / WEIGHTS_FILE).read_bytes()
+    (registry.path(3)).mkdir()  # a folder in the way of the next number, e.g. made by hand
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        registry.publish(tmp_path / "a")
+    assert (registry.path(1) / WEIGHTS_FILE).read_bytes() == before
+
+    with open(registry.path(2) / WEIGHTS_FILE, "r+b") as f:  # bit rot
+        f.seek(-8, 2)
+        f.write(b"\x00" * 8)
+    assert not registry.verify(2)
+    with pytest.raises(FileNotFoundError, match="v0009"):
+        registry.manifest(9)
+
+
+def test_daemon_swaps_good_weights_between_ticks_and_refuses_bad_ones(tmp_path):
+    registry = ModelRegistry(tmp_path / "models")
+    registry.publish(tiny_checkpoint(tmp_path / "a", seed=0))
+    registry.publish(tiny_checkpoint(tmp_path / "b", seed=1), parent=1)
+    v1, v2 = registry.manifest(1), registry.manifest(2)
+    bad = {
+        "corrupted": {**_fields(registry, 2), "sha256": "0" * 64},
+        "nan": tampered_copy(
+            registry, 2, lambda w: next(t.fill_(float("nan")) for t in w.values() if t.is_floating_point())
+        ),
+        "wrong_shape": tampered_copy(
+            registry, 2, lambda w: w.update({k: torch.zeros(3, 3) for k in list(w)[:1]})
+        ),
+    }
+
+    wire = WireConfig(daemon_events=free_address(), teleop_state=free_address(), deploy=free_address())
+    cfg = RolloutConfig(
+        robot=SimArmConfig(task="push-v3"),
+        policy=PolicySourceConfig(path=registry.path(1), version=v1.version),
+        dataset=DatasetConfig(root=tmp_path / "ds", repo_id="test/swap"),
+        wire=wire,
+        episodes=1,
+        fps=30,
+        episode_time_s=6.0,
+        report_cadence=False,
+    )
+    daemon = RolloutDaemon(cfg, link=LocalTeleop(ScriptedOperator(), FramePedal(range(0))))
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    replies = {}
+    try:
+        _wait_for_frames(daemon, 10)
+        for name, fields in bad.items():
+            replies[name] = request(daemon._ctx, wire.deploy, MessageType.DEPLOY, fields, timeout_s=60).fields
+        replies["garbage"] = request(
+            daemon._ctx, wire.deploy, MessageType.DEPLOY, {"version": "x"}, 60
+        ).fields
+        replies["good"] = request(
+            daemon._ctx, wire.deploy, MessageType.DEPLOY, _fields(registry, 2), 60
+        ).fields
+        time.sleep(0.5)
+        replies["rollback"] = request(
+            daemon._ctx, wire.deploy, MessageType.DEPLOY, {"rollback": True}, 60
+        ).fields
+        time.sleep(0.5)
+        runner.join(timeout=60)  # the episode runs to its timeout and is saved
+    finally:
+        if runner.is_alive():
+            daemon.stop()
+            runner.join(timeout=60)
+
+    for name in ("corrupted", "nan", "wrong_shape", "garbage"):
+        assert replies[name]["status"] == "rejected", (name, replies[name])
+        assert replies[name]["acting_version"] == 1
+    assert "sha256" in replies["corrupted"]["reason"]
+    assert "non-finite" in replies["nan"]["reason"]
+    assert "shapes" in replies["wrong_shape"]["reason"]
+    assert "deploy.version" in replies["garbage"]["reason"]
+    assert replies["good"] == {"status": "swapped", "version": 2, "acting_version": 2}
+    assert replies["rollback"] == {"status": "swapped", "version": 1, "acting_version": 1}
+
+    dataset = LeRobotDataset("test/swap", root=tmp_path / "ds")
+    versions = [int(dataset[i]["policy_version"]) for i in range(dataset.num_frames)]
+    acted = [v for v in versions if v != 0]  # 0: the policy had no action ready and the arm held
+    runs = [v for i, v in enumerate(acted) if i == 0 or v != acted[i - 1]]
+    assert runs == [v1.version, v2.version, v1.version], runs  # v1 until the swap, v2, then rolled back
+
+
+def _fields(registry: ModelRegistry, version: int) -> dict:
+    return {
+        "version": version,
+        "path": str(registry.path(version)),
+        "sha256": registry.manifest(version).sha256,
+    }
+
+
+def _wait_for_frames(daemon: RolloutDaemon, frames: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if daemon.rate.lateness_ms and len(daemon.rate.lateness_ms) >= frames:
+            return
+        time.sleep(0.02)
+    raise TimeoutError("the daemon did not start ticking")
