@@ -1,0 +1,1 @@
+"""Policies shipped with flywheel (registered with LeRobot by the plugins/ shims)."""

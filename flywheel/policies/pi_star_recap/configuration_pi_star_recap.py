@@ -1,0 +1,195 @@
+"""Configuration of the pi_star_recap policy (pi0.5 architecture + RECAP advantage conditioning).
+
+Field names of the seed's integration document are kept verbatim (vlm_model_name, iql_*, *_weight,
+balance_data_types, freeze_vlm, train_expert_only, q_lr, v_lr, policy_lr, gradient_checkpointing).
+Architecture fields left at None are filled from `preset` (see presets.py), so a CLI user can pick a
+preset and still override any single size.
+"""
+
+from dataclasses import dataclass
+
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
+from lerobot.optim.optimizers import AdamWConfig
+from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+from lerobot.utils.constants import ACTION, OBS_STATE
+
+from flywheel.policies.pi_star_recap.presets import PRESETS
+
+# Batch keys that carry RECAP labels, not observations: they must never be normalized or fed as inputs.
+LABEL_KEYS: tuple[str, ...] = (
+    "advantage_positive",
+    "observation.advantage_positive",
+    "data_type_id",
+    "observation.data_type_id",
+)
+ESTIMATORS: tuple[str, ...] = ("recap", "iql")
+
+
+@PreTrainedConfig.register_subclass("pi_star_recap")
+@dataclass
+class PiStarRECAPConfig(PreTrainedConfig):
+    preset: str = "pi05"  # "pi05" | "tiny"
+
+    # Where weights and the tokenizer come from (all local: no hub downloads at run time).
+    vlm_model_name: str = "google/paligemma-3b-pt-224"  # name, or local dir of HF PaliGemma weights
+    base_model_path: str | None = None  # local dir or file of LeRobot's pi05_base model.safetensors
+    tokenizer_path: str | None = None  # local SentencePiece tokenizer dir; None -> byte tokenizer
+
+    # Architecture (None -> preset value).
+    vlm_width: int | None = None
+    vlm_depth: int | None = None
+    vlm_mlp_dim: int | None = None
+    expert_width: int | None = None
+    expert_depth: int | None = None
+    expert_mlp_dim: int | None = None
+    num_heads: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    vocab_size: int | None = None
+    vision_width: int | None = None
+    vision_depth: int | None = None
+    vision_heads: int | None = None
+    vision_mlp_dim: int | None = None
+    vision_patch_size: int | None = None
+    image_size: int | None = None
+    dtype: str | None = None  # "bfloat16" | "float32"
+    gradient_checkpointing: bool | None = None
+    continuous_state_token: bool | None = None
+    normalization: str | None = None  # NormalizationMode name for state and action
+    normalization_mapping: dict[str, NormalizationMode] | None = None
+
+    # Flow matching over action chunks (pi0.5 / openpi values).
+    n_obs_steps: int = 1
+    chunk_size: int = 50
+    n_action_steps: int = 50
+    num_inference_steps: int = 10
+    max_state_dim: int = 32
+    max_action_dim: int = 32
+    tokenizer_max_length: int = 200
+    time_sampling_beta_alpha: float = 1.5
+    time_sampling_beta_beta: float = 1.0
+    time_sampling_scale: float = 0.999
+    time_sampling_offset: float = 0.001
+    min_period: float = 4e-3
+    max_period: float = 4.0
+
+    # RECAP advantage conditioning.
+    advantage_estimator: str = "recap"  # "recap" (labels from the value stage) | "iql" (heads in here)
+    advantage_dropout: float = 0.3  # P(indicator dropped) per training sample -> unconditioned prompt
+    cfg_scale: float = 1.0  # beta; > 1 turns on classifier-free guidance at inference
+
+    # IQL variant (advantage_estimator="iql").
+    iql_expectile: float = 0.7
+    iql_temperature: float = 0.5
+    iql_discount: float = 0.99
+    iql_target_tau: float = 0.005  # Polyak rate of the target Q heads, applied in update()
+    iql_hidden_dim: int = 256
+    iql_max_weight: float = 100.0
+
+    # Per-sample loss weights by data type (batch key data_type_id: 0 demo, 1 auto, 2 intervention).
+    demo_weight: float = 1.0
+    auto_weight: float = 1.0
+    intervention_weight: float = 2.0
+    balance_data_types: bool = True
+
+    # What trains.
+    freeze_vlm: bool = False
+    train_expert_only: bool = False
+
+    # Optimizer: one AdamW, parameter groups with these learning rates.
+    q_lr: float = 3e-4
+    v_lr: float = 3e-4
+    policy_lr: float | None = None  # None -> preset (3e-5 for pi05, as in the seed)
+    optimizer_betas: tuple[float, float] = (0.9, 0.95)
+    optimizer_eps: float = 1e-8
+    optimizer_weight_decay: float = 0.01
+    optimizer_grad_clip_norm: float = 1.0
+    scheduler_warmup_steps: int | None = None
+    scheduler_decay_steps: int | None = None
+    scheduler_decay_lr_ratio: float = 0.1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.preset not in PRESETS:
+            raise ValueError(f"Unknown preset {self.preset!r}; choose one of {sorted(PRESETS)}")
+        for name, value in PRESETS[self.preset].items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
+        if self.normalization_mapping is None:
+            mode = NormalizationMode(self.normalization)
+            self.normalization_mapping = {
+                "VISUAL": NormalizationMode.IDENTITY,
+                "STATE": mode,
+                "ACTION": mode,
+            }
+        self._validate()
+
+    def _validate(self) -> None:
+        if self.advantage_estimator not in ESTIMATORS:
+            raise ValueError(f"advantage_estimator must be one of {ESTIMATORS}")
+        if self.n_action_steps > self.chunk_size:
+            raise ValueError("n_action_steps cannot exceed chunk_size")
+        if self.dtype not in ("bfloat16", "float32"):
+            raise ValueError(f"dtype must be bfloat16 or float32, got {self.dtype}")
+        if not 0.0 <= self.advantage_dropout <= 1.0:
+            raise ValueError("advantage_dropout must lie in [0, 1]")
+        if self.cfg_scale < 1.0:
+            raise ValueError("cfg_scale below 1 would guide away from the positive policy")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+
+    def validate_features(self) -> None:
+        # Labels arrive as observation.* columns (the only custom columns LeRobot's collate keeps); they
+        # are targets of the loss, not inputs, so they must not be normalized or treated as state.
+        for key in LABEL_KEYS:
+            self.input_features.pop(key, None)
+        if OBS_STATE not in self.input_features:
+            self.input_features[OBS_STATE] = PolicyFeature(FeatureType.STATE, (self.max_state_dim,))
+        if ACTION not in self.output_features:
+            self.output_features[ACTION] = PolicyFeature(FeatureType.ACTION, (self.max_action_dim,))
+        action_dim = self.output_features[ACTION].shape[0]
+        if action_dim > self.max_action_dim:
+            raise ValueError(f"action dim {action_dim} exceeds max_action_dim {self.max_action_dim}")
+
+    def get_optimizer_preset(self) -> AdamWConfig:
+        return AdamWConfig(
+            lr=self.policy_lr,
+            betas=self.optimizer_betas,
+            eps=self.optimizer_eps,
+            weight_decay=self.optimizer_weight_decay,
+            grad_clip_norm=self.optimizer_grad_clip_norm,
+        )
+
+    def get_scheduler_preset(self) -> CosineDecayWithWarmupSchedulerConfig:
+        return CosineDecayWithWarmupSchedulerConfig(
+            peak_lr=self.policy_lr,
+            decay_lr=self.policy_lr * self.scheduler_decay_lr_ratio,
+            num_warmup_steps=self.scheduler_warmup_steps,
+            num_decay_steps=self.scheduler_decay_steps,
+        )
+
+    @property
+    def observation_delta_indices(self) -> list[int] | None:
+        # IQL needs V(s'): load the next frame beside the current one (the policy splits them).
+        return [0, 1] if self.advantage_estimator == "iql" else None
+
+    @property
+    def action_delta_indices(self) -> list[int]:
+        return list(range(self.chunk_size))
+
+    @property
+    def reward_delta_indices(self) -> None:
+        return None
+
+    @property
+    def state_dim(self) -> int:
+        return self.input_features[OBS_STATE].shape[0]
+
+    @property
+    def action_dim(self) -> int:
+        return self.output_features[ACTION].shape[0]
+
+    @property
+    def data_type_weights(self) -> tuple[float, float, float]:
+        return (self.demo_weight, self.auto_weight, self.intervention_weight)

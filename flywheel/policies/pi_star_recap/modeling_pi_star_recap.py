@@ -1,0 +1,257 @@
+"""PiStarRECAPPolicy: LeRobot's PreTrainedPolicy around the pi_star_recap network.
+
+Training: the flow-matching loss on prompts that carry the advantage indicator (dropped with
+probability advantage_dropout), weighted per sample by data type and, with the IQL estimator, by
+exp(A / temperature). Inference: positive-conditioned prompts; cfg_scale > 1 adds the unconditioned
+prompts to the same batch and mixes the two velocities at every denoising step.
+"""
+
+import builtins
+from collections import deque
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from lerobot.configs.policies import PreTrainedConfig
+from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.utils.constants import ACTION, OBS_STATE
+from torch import Tensor, nn
+
+from flywheel.policies.pi_star_recap import batch_inputs as bi
+from flywheel.policies.pi_star_recap.configuration_pi_star_recap import PiStarRECAPConfig
+from flywheel.policies.pi_star_recap.iql import advantage_weights
+from flywheel.policies.pi_star_recap.network import PiStarRECAPNetwork, PrefixInputs
+from flywheel.policies.pi_star_recap.prompt import (
+    POSITIVE,
+    discretize_state,
+    indicators_from_labels,
+    tokenize_prompts,
+)
+from flywheel.policies.pi_star_recap.tokenizer import make_tokenizer
+from flywheel.policies.pi_star_recap.weights import load_pretrained
+
+T = TypeVar("T", bound="PiStarRECAPPolicy")
+# from_pretrained kwargs meant for reading the config; the rest (dataset_stats, ...) go to __init__.
+HUB_KWARGS = (
+    "force_download",
+    "resume_download",
+    "proxies",
+    "token",
+    "cache_dir",
+    "local_files_only",
+    "revision",
+)
+
+
+class PiStarRECAPPolicy(PreTrainedPolicy):
+    config_class = PiStarRECAPConfig
+    name = "pi_star_recap"
+
+    def __init__(self, config: PiStarRECAPConfig, load_base_weights: bool = True, **kwargs: Any) -> None:
+        # kwargs: make_policy passes dataset_stats / dataset_meta; normalization lives in the processors.
+        super().__init__(config)
+        config.validate_features()
+        self.config = config
+        self.tokenizer = make_tokenizer(config.tokenizer_path)
+        self.model = PiStarRECAPNetwork(config)
+        if config.dtype == "bfloat16":
+            self.model.paligemma_with_expert.to(torch.bfloat16)
+        self.model.paligemma_with_expert.gradient_checkpointing = bool(config.gradient_checkpointing)
+        self.generator: torch.Generator | None = None  # tests pin the indicator dropout with this
+        self.base_load_report: tuple[list[str], list[str]] | None = None  # (missing, unexpected)
+        if load_base_weights:
+            self._load_base_weights()
+        self._apply_freezing()
+        self.model.to(config.device)
+        self.reset()
+
+    # ----------------------------------------------------------------------------- construction
+    @classmethod
+    def from_pretrained(
+        cls: builtins.type[T],
+        pretrained_name_or_path: str | Path,
+        *,
+        config: PreTrainedConfig | None = None,
+        **kwargs: Any,
+    ) -> T:
+        """A fine-tuned checkpoint already holds every weight: skip re-reading base_model_path."""
+        if config is None:
+            hub_args = {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
+            config = PreTrainedConfig.from_pretrained(pretrained_name_or_path, **hub_args)
+        return super().from_pretrained(
+            pretrained_name_or_path, config=config, load_base_weights=False, **kwargs
+        )
+
+    def _load_base_weights(self) -> None:
+        """pi05_base via base_model_path; else a local HF PaliGemma dir named by vlm_model_name."""
+        path = self.config.base_model_path
+        if path is None and Path(self.config.vlm_model_name).is_dir():
+            path = self.config.vlm_model_name
+        if path is not None:
+            self.base_load_report = load_pretrained(self, path)
+
+    def _apply_freezing(self) -> None:
+        frozen: list[nn.Module] = []
+        if self.config.freeze_vlm or self.config.train_expert_only:
+            frozen.append(self.model.paligemma_with_expert.paligemma)
+        if self.config.train_expert_only and hasattr(self.model, "state_token_proj"):
+            # The state token is part of the prefix; the IQL critics are not the policy and keep training.
+            frozen.append(self.model.state_token_proj)
+        for module in frozen:
+            module.requires_grad_(False)
+        self._frozen = frozen
+
+    def train(self, mode: bool = True) -> "PiStarRECAPPolicy":
+        super().train(mode)
+        for module in getattr(self, "_frozen", []):
+            module.eval()
+        return self
+
+    def get_optim_params(self) -> list[dict[str, Any]]:
+        """Three AdamW groups: policy (policy_lr), Q heads (q_lr), V head (v_lr); empty groups left out."""
+        cfg = self.config
+        iql = getattr(self.model, "iql", None)
+        q_ids = {id(p) for p in iql.q_heads.parameters()} if iql is not None else set()
+        v_ids = {id(p) for p in iql.v_head.parameters()} if iql is not None else set()
+        groups: dict[str, list[nn.Parameter]] = {"policy": [], "q": [], "v": []}
+        for p in self.parameters():
+            if p.requires_grad:
+                groups["q" if id(p) in q_ids else "v" if id(p) in v_ids else "policy"].append(p)
+        lrs = {"policy": cfg.policy_lr, "q": cfg.q_lr, "v": cfg.v_lr}
+        return [{"params": ps, "lr": lrs[name], "name": name} for name, ps in groups.items() if ps]
+
+    def update(self) -> None:
+        """After each optimizer step: Polyak-average the IQL target Qs (no-op for the recap estimator)."""
+        if hasattr(self.model, "iql"):
+            self.model.iql.update_target(self.config.iql_target_tau)
+
+    def reset(self) -> None:
+        self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+
+    # ----------------------------------------------------------------------------- inputs
+    def _prefix_inputs(self, batch: dict, indicators: list[str | None], repeat: int = 1) -> PrefixInputs:
+        """Prefix inputs for the batch; `indicators` has repeat * B entries (CFG stacks prompts)."""
+        timed = bi.has_time_axis(batch)
+        device = next(self.model.parameters()).device
+        state = bi.frame(batch[OBS_STATE], 0, timed).to(device)
+        bsize = state.shape[0]
+        images, masks = bi.camera_images(
+            batch, list(self.config.image_features), self.config.image_size, timed, device
+        )
+        bins = discretize_state(state, self.config.max_state_dim)
+        tokens, token_mask = tokenize_prompts(
+            self.tokenizer,
+            bi.tasks_of(batch, bsize) * repeat,
+            bins * repeat,
+            indicators,
+            self.config.tokenizer_max_length,
+            device,
+        )
+        return PrefixInputs(images, masks, tokens, token_mask, state, repeat)
+
+    def _training_indicators(self, batch: dict, bsize: int) -> list[str | None]:
+        if self.config.advantage_estimator == "iql":
+            # IQL improves the policy through loss weights, not through the prompt.
+            return [None] * bsize
+        labels = bi.advantage_labels(batch, bsize, bi.has_time_axis(batch))
+        dropout = self.config.advantage_dropout if self.training else 0.0
+        return indicators_from_labels(labels, dropout, self.generator)
+
+    def _padded_actions(self, batch: dict) -> Tensor:
+        actions = batch[ACTION].float()
+        pad = self.config.max_action_dim - actions.shape[-1]
+        return torch.nn.functional.pad(actions, (0, pad))
+
+    # ----------------------------------------------------------------------------- training
+    def forward(self, batch: dict, reduction: str = "mean") -> tuple[Tensor, dict[str, float]]:
+        """(loss, {policy_loss, v_loss, q_loss, ...}); v_loss and q_loss are 0 for the recap estimator."""
+        cfg = self.config
+        actions = self._padded_actions(batch)
+        device = actions.device
+        bsize = actions.shape[0]
+        indicators = self._training_indicators(batch, bsize)
+        errors = self.model.flow_loss(self._prefix_inputs(batch, indicators), actions)
+        per_sample = self._masked_mean(errors[..., : cfg.action_dim], batch)
+        timed = bi.has_time_axis(batch)
+        weights = bi.data_type_weights(batch, bsize, cfg.data_type_weights, cfg.balance_data_types, timed)
+        weights = weights.to(device)
+        v_loss = q_loss = torch.zeros((), device=device)
+        if cfg.advantage_estimator == "iql":
+            v_loss, q_loss, advantage = self._iql_losses(batch)
+            weights = weights * advantage_weights(advantage, cfg.iql_temperature, cfg.iql_max_weight)
+        weighted = per_sample * weights
+        policy_loss = weighted.mean()
+        info = {
+            "policy_loss": policy_loss.item(),
+            "v_loss": v_loss.item(),
+            "q_loss": q_loss.item(),
+            "indicator_dropped": sum(i is None for i in indicators) / bsize,
+            "positive_fraction": sum(i == POSITIVE for i in indicators) / bsize,
+        }
+        if reduction == "none":
+            per_sample_total = weighted + (v_loss + q_loss)
+            info["loss"] = per_sample_total.mean().item()
+            return per_sample_total, info
+        loss = policy_loss + v_loss + q_loss
+        info["loss"] = loss.item()
+        return loss, info
+
+    @staticmethod
+    def _masked_mean(errors: Tensor, batch: dict) -> Tensor:
+        """Mean error per sample over real (not end-of-episode padded) action steps."""
+        pad = batch.get(f"{ACTION}_is_pad")
+        if pad is None:
+            return errors.mean(dim=(1, 2))
+        valid = (~pad.bool()).float().to(errors.device)[..., None]
+        return (errors * valid).sum(dim=(1, 2)) / (valid.sum(dim=(1, 2)) * errors.shape[-1]).clamp(min=1)
+
+    def _iql_losses(self, batch: dict) -> tuple[Tensor, Tensor, Tensor]:
+        """IQL on (s, a_0, r, done, s'); s' is the next frame when loaded, else s (stop-gradient)."""
+        cfg = self.config
+        if "next.reward" not in batch:
+            raise KeyError("advantage_estimator='iql' needs rewards in the batch key 'next.reward'")
+        states = batch[OBS_STATE].float()
+        timed = bi.has_time_axis(batch)
+        state = bi.frame(states, 0, timed)
+        next_state = bi.frame(states, 1, timed) if timed else state
+        reward = (
+            torch.as_tensor(batch["next.reward"], device=state.device)
+            .float()
+            .reshape(state.shape[0], -1)[:, 0]
+        )
+        done = torch.as_tensor(batch.get("next.done", torch.zeros_like(reward)), device=state.device)
+        done = done.float().reshape(state.shape[0], -1)[:, 0]
+        pad = batch.get(f"{OBS_STATE}_is_pad")
+        if timed and pad is not None:
+            # The episode ended before s': nothing to bootstrap from.
+            done = torch.maximum(done, pad[:, 1].float().to(done.device))
+        action0 = batch[ACTION][:, 0, : cfg.action_dim].float()
+        return self.model.iql.losses(
+            state, action0, reward, done, next_state, cfg.iql_expectile, cfg.iql_discount
+        )
+
+    # ----------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def predict_action_chunk(self, batch: dict, noise: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """[B, chunk_size, action_dim] normalized actions, conditioned on 'Advantage: positive'."""
+        self.eval()
+        cfg = self.config
+        bsize = bi.frame(batch[OBS_STATE], 0, bi.has_time_axis(batch)).shape[0]
+        device = next(self.model.parameters()).device
+        if noise is None:
+            noise = torch.randn(bsize, cfg.chunk_size, cfg.max_action_dim, device=device)
+        positive = None if cfg.advantage_estimator == "iql" else POSITIVE
+        guided = cfg.cfg_scale != 1.0 and positive is not None
+        indicators = [positive] * bsize + ([None] * bsize if guided else [])
+        inputs = self._prefix_inputs(batch, indicators, repeat=2 if guided else 1)
+        actions = self.model.sample(inputs, noise.to(device), cfg.cfg_scale if guided else 1.0)
+        return actions[:, :, : cfg.action_dim]
+
+    @torch.no_grad()
+    def select_action(self, batch: dict, noise: Tensor | None = None, **kwargs: Any) -> Tensor:
+        """One action per call, from a queue refilled with n_action_steps of a new chunk when empty."""
+        self.eval()
+        if not self._action_queue:
+            chunk = self.predict_action_chunk(batch, noise=noise)[:, : self.config.n_action_steps]
+            self._action_queue.extend(chunk.transpose(0, 1))
+        return self._action_queue.popleft()

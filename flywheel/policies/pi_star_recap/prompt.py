@@ -1,0 +1,54 @@
+"""Building the prefix prompt: task text, 256-bin state, and the RECAP advantage indicator."""
+
+import torch
+from torch import Tensor
+
+from flywheel.policies.pi_star_recap.tokenizer import NUM_STATE_BINS, PromptTokenizer
+
+POSITIVE = "positive"
+NEGATIVE = "negative"
+
+
+def discretize_state(state: Tensor, max_state_dim: int) -> list[list[int]]:
+    """Normalized state (about [-1, 1]) to 256 bins per dimension, zero-padded like pi0.5.
+
+    Dimensions beyond max_state_dim are kept rather than truncated: losing state is worse than a
+    prompt slightly longer than pi05_base saw.
+    """
+    pad = max(0, max_state_dim - state.shape[-1])
+    state = torch.nn.functional.pad(state.float(), (0, pad))
+    edges = torch.linspace(-1.0, 1.0, NUM_STATE_BINS + 1, device=state.device)[:-1]
+    bins = torch.bucketize(state.contiguous(), edges, right=True) - 1
+    return bins.clamp(0, NUM_STATE_BINS - 1).tolist()
+
+
+def indicators_from_labels(positive: Tensor, dropout: float, generator: torch.Generator | None = None):
+    """Per-sample indicator words; each dropped (None) with probability `dropout` (paper: 0.3).
+
+    Dropping trains the same network as an unconditioned policy, which classifier-free guidance needs.
+    """
+    drop = torch.rand(positive.shape[0], generator=generator) < dropout
+    words = [POSITIVE if bool(p) else NEGATIVE for p in positive.reshape(-1).tolist()]
+    return [None if d else w for w, d in zip(words, drop.tolist(), strict=True)]
+
+
+def tokenize_prompts(
+    tokenizer: PromptTokenizer,
+    tasks: list[str],
+    state_bins: list[list[int]],
+    indicators: list[str | None],
+    max_length: int,
+    device: torch.device,
+) -> tuple[Tensor, Tensor]:
+    """Right-padded token ids and their validity mask, padded to the longest prompt of the batch."""
+    ids = [
+        tokenizer.encode_prompt(task, bins, ind)[:max_length]
+        for task, bins, ind in zip(tasks, state_bins, indicators, strict=True)
+    ]
+    length = max(len(x) for x in ids)
+    tokens = torch.full((len(ids), length), tokenizer.pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), length), dtype=torch.bool)
+    for i, row in enumerate(ids):
+        tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = True
+    return tokens.to(device), mask.to(device)

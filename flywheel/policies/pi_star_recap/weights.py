@@ -1,0 +1,90 @@
+"""Loading pretrained weights: LeRobot's pi05_base checkpoint, or a plain HF PaliGemma checkpoint.
+
+This model's parameters are named like pi05's (`model.` + checkpoint key), so the remap is total:
+add the `model.` prefix, drop the tied LM heads, and rename the two layouts transformers has used
+for PaliGemma (`paligemma.language_model.model.*` before 4.52, `paligemma.model.language_model.*`
+after). Keys of modules pi05_base has no counterpart for (the continuous state token, IQL heads) are
+reported as missing rather than hidden.
+"""
+
+import logging
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import Tensor, nn
+
+PI05_PREFIX = "paligemma_with_expert."
+TIED_HEADS = (
+    "paligemma_with_expert.paligemma.lm_head.weight",
+    "paligemma_with_expert.gemma_expert.lm_head.weight",
+)
+# transformers < 4.52 nested PaliGemma differently; both layouts occur in published checkpoints.
+LEGACY_RENAMES = (
+    ("paligemma.language_model.model.", "paligemma.model.language_model."),
+    ("paligemma.vision_tower.", "paligemma.model.vision_tower."),
+    ("paligemma.multi_modal_projector.", "paligemma.model.multi_modal_projector."),
+)
+# openpi-era names of the time MLP.
+OLD_NAMES = (("action_time_mlp_in.", "time_mlp_in."), ("action_time_mlp_out.", "time_mlp_out."))
+
+
+def remap_pi05_key(key: str) -> str | None:
+    """pi05_base key -> this policy's state-dict key; None for keys that are deliberately dropped."""
+    if key in TIED_HEADS or key.endswith("lm_head.weight"):
+        return None
+    for old, new in (*LEGACY_RENAMES, *OLD_NAMES):
+        if old in key and new not in key:
+            key = key.replace(old, new)
+    return key if key.startswith("model.") else f"model.{key}"
+
+
+def remap_paligemma_key(key: str) -> str | None:
+    """HF PaliGemma checkpoint key (prefix only) -> this policy's key; None for the LM head."""
+    if key.endswith("lm_head.weight"):
+        return None
+    key = key.removeprefix("model.")
+    if key.startswith("language_model.model."):
+        key = key.replace("language_model.model.", "language_model.", 1)
+    return f"model.paligemma_with_expert.paligemma.model.{key}"
+
+
+def remap_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Pick the remap by layout: pi05 keys live under paligemma_with_expert, HF PaliGemma's do not."""
+    is_pi05 = any(PI05_PREFIX in k for k in state_dict)
+    remap = remap_pi05_key if is_pi05 else remap_paligemma_key
+    out = {}
+    for key, value in state_dict.items():
+        new = remap(key)
+        if new is not None:
+            out[new] = value
+    return out
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+    """A file, or a directory holding model.safetensors or sharded model-*.safetensors."""
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(path.glob("model*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no model*.safetensors under {path}")
+    state: dict[str, Tensor] = {}
+    for file in files:
+        state.update(load_file(str(file)))
+    return state
+
+
+def load_pretrained(policy: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
+    """Load remapped weights into `policy` (dtype converted); returns (missing, unexpected) keys."""
+    remapped = remap_state_dict(read_safetensors(path))
+    own = policy.state_dict()
+    remapped = {k: v.to(own[k].dtype) if k in own else v for k, v in remapped.items()}
+    with torch.no_grad():
+        missing, unexpected = policy.load_state_dict(remapped, strict=False)
+    logging.info(
+        "loaded %d tensors from %s (%d missing, %d unexpected)",
+        len(remapped),
+        path,
+        len(missing),
+        len(unexpected),
+    )
+    return list(missing), list(unexpected)
