@@ -14,6 +14,7 @@ from lerobot.teleoperators.config import TeleoperatorConfig
 
 import robots  # noqa: F401  (registers the sim robot type)
 import teleop  # noqa: F401  (registers the sim operator and the pedals)
+from flywheel.rollout.safety import SafetyConfig
 from teleop.pedals import PedalConfig
 
 
@@ -95,6 +96,8 @@ class RolloutConfig:
     lockstep_timeout_ms: float = 2000.0
     # Print a cadence report (tick lateness percentiles) at the end of each episode.
     report_cadence: bool = True
+    # Joint limits and the per-tick step limit (bumpless takeover) applied to every command.
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
 
     def __post_init__(self):
         if self.fps < 0:
@@ -135,6 +138,7 @@ class RunConfig:
     episode_time_s: float = 20.0
     reset_time_s: float = 0.0
     task: str | None = None
+    safety: SafetyConfig = field(default_factory=SafetyConfig)
     # Teleop publish rate in Hz.
     teleop_fps: int = 60
     # Restart a crashed child at most this many times (with exponential backoff).
@@ -164,6 +168,7 @@ class RunConfig:
             episode_time_s=self.episode_time_s,
             reset_time_s=self.reset_time_s,
             task=self.task,
+            safety=self.safety,
         )
 
     def teleop_config(self) -> TeleopProcessConfig:

@@ -27,6 +27,7 @@ from flywheel.rollout.cadence import CadenceReport, RateKeeper
 from flywheel.rollout.hotswap import Deployment, HotSwap
 from flywheel.rollout.policy_runner import PolicyRunner
 from flywheel.rollout.recorder import Recorder, SavedEpisode
+from flywheel.rollout.safety import SafetyLayer
 from flywheel.rollout.takeover import ControlState, TakeoverMachine
 from flywheel.rollout.teleop_link import LocalTeleop, RemoteTeleop, TeleopSnapshot
 from teleop.observation import ObservationView
@@ -81,6 +82,7 @@ class RolloutDaemon:
         self._link = link
         self.lockstep = cfg.fps == 0
         self.machine = TakeoverMachine()
+        self.safety = SafetyLayer(cfg.safety, self.action_names, list(self.robot.observation_features))
         self.rate = RateKeeper(cfg.fps)
         self.results: list[EpisodeResult] = []
         self._ctx = zmq.Context.instance()
@@ -244,6 +246,8 @@ class RolloutDaemon:
         self._adopt_standby_policy(frame)
         observation = self.robot.get_observation()
         self._last_observation = observation
+        if frame == 0:
+            self.safety.reset(observation)
         view = self._publish_observation(observation, episode, frame, task)
         snapshot = self.link.poll(view, wait=self.lockstep)
         if state.keys_at_start is None:
@@ -253,12 +257,14 @@ class RolloutDaemon:
             self.machine.request(ControlState.STOPPED)
         change = self.machine.apply()
         if change is not None:
-            self._on_transition(change, state)
+            self._on_transition(change, state, observation)
         if self.machine.state == ControlState.STOPPED:
             return "estop"
 
         intervening = self.machine.state == ControlState.INTERVENING
-        action, version = self._choose_action(observation, task, frame, snapshot, intervening)
+        hold = hold_action(observation, self.action_names)
+        action, version = self._choose_action(observation, task, frame, snapshot, intervening, hold)
+        action = self.safety.apply(action, hold)
         sent = self.robot.send_action(dict(zip(self.action_names, action.tolist(), strict=True)))
         sent_vec = np.array([sent[name] for name in self.action_names], dtype=np.float32)
         self.recorder.add_frame(observation, sent_vec, intervening, version, task)
@@ -280,9 +286,9 @@ class RolloutDaemon:
         frame: int,
         snapshot: TeleopSnapshot,
         intervening: bool,
+        hold: np.ndarray,
     ) -> tuple[np.ndarray, int]:
         """The action for this tick and the policy version it came from (0: operator or hold)."""
-        hold = hold_action(observation, self.action_names)
         if intervening:
             fresh = snapshot.action is not None and snapshot.age_s * 1000 <= self.cfg.teleop_timeout_ms
             if not fresh:
@@ -292,13 +298,30 @@ class RolloutDaemon:
         queued = self.runner.next_action(observation, task, frame)
         return (hold, 0) if queued is None else queued
 
-    def _on_transition(self, change: tuple[ControlState, ControlState], state: _EpisodeState) -> None:
+    def _on_transition(
+        self, change: tuple[ControlState, ControlState], state: _EpisodeState, observation: dict[str, Any]
+    ) -> None:
         old, new = change
         log.info("%s -> %s", old, new)
+        # The step limit restarts from where the arm is: the handover ramps from the follower's pose.
+        self.safety.reset(observation)
         if new == ControlState.INTERVENING:
             state.takeovers += 1
         elif new == ControlState.AUTONOMOUS:
             self.runner.restart()  # the policy resumes from the current state with a fresh chunk
+        elif new == ControlState.STOPPED:
+            self._emergency_stop()
+
+    def _emergency_stop(self) -> None:
+        """Torque off where the robot has a motor bus (LeRobot's arms); the sim just stops."""
+        log.error("EMERGENCY STOP: nothing more is sent to the robot")
+        bus = getattr(self.robot, "bus", None)
+        if bus is not None:
+            try:
+                bus.disable_torque()
+                log.error("torque disabled on %s", self.robot)
+            except Exception:
+                log.exception("could not disable torque on %s", self.robot)
 
     def _pressed(self, snapshot: TeleopSnapshot, state: _EpisodeState, key: str) -> bool:
         return snapshot.keys.get(key, 0) > (state.keys_at_start or {}).get(key, 0)
@@ -367,6 +390,8 @@ class RolloutDaemon:
     def _warn_about_faults(self) -> None:
         """Say (once per change) what went wrong beside the loop: it never stops the loop."""
         counts = {
+            **{f"safety: {event}": n for event, n in self.safety.events.items()},
+            "ticks the policy had no action ready (held)": self.runner.misses,
             "policy inference errors": self.runner.errors,
             "malformed teleop messages": getattr(self.link, "rejected", 0),
             "lockstep teleop timeouts": getattr(self.link, "lockstep_timeouts", 0),
