@@ -194,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     command = COMMANDS[name]
     try:
         args = presets.expand(_bare_flags_true(rest), command.config_class)
+        if "--help" in args or "-h" in args:
+            # draccus's help chokes on some preset values (e.g. `--robot.id=x`): the preset's types
+            # are enough to list the chosen robot's and teleoperator's options with their defaults.
+            args = [a for a in args if a in ("--help", "-h") or ".type=" in a]
         cfg = draccus.parse(command.config_class, args=args, prog=f"flywheel {name}")
     except (ValueError, ParsingError) as e:
         print(f"flywheel {name}: {_root_cause(e)}", file=sys.stderr)
