@@ -7,6 +7,7 @@
     flywheel deploy   --version 3 | --rollback                       hot-swap weights into the daemon
     flywheel label    --dataset.root=IN --output.root=OUT            value function + advantage labels
     flywheel trainer  --dataset_root=DIR --every=10                  RECAP iterations in the background
+    flywheel bench    [--quick]                                      speed of the hot paths
 
 Flags are LeRobot's draccus style (--robot.type=sim --robot.task=push-v3 --dataset.root=DIR);
 `--robot NAME` first loads configs/robots/NAME.yaml. `flywheel COMMAND --help` lists every option.
@@ -110,6 +111,12 @@ def _label(cfg) -> int:
     return label_main(cfg)
 
 
+def _bench(cfg) -> int:
+    from benchmarks.run import bench_main
+
+    return bench_main(cfg)
+
+
 def _trainer(cfg) -> int:
     from trainer.loop import Trainer
 
@@ -151,6 +158,7 @@ COMMANDS: dict[str, Command] = {
         _label,
         "train a value function, label advantages (new dataset)",
     ),
+    "bench": Command("benchmarks.run:BenchConfig", _bench, "measure the hot paths (JSON + table)"),
     "trainer": Command(
         "trainer.loop:TrainerConfig", _trainer, "the background trainer: RECAP iterations, gate, deploy"
     ),

@@ -39,6 +39,8 @@ class DatasetConfig:
     # Store camera streams as videos (LeRobot's default) instead of per-frame PNG in parquet.
     # Off by default: LeRobot v3 appends episodes to shared video files, which rewrites them.
     video: bool = False
+    # Record at all (off: benchmarks and dry runs; nothing is written).
+    record: bool = True
 
 
 @dataclass
@@ -55,6 +57,9 @@ class PolicySourceConfig:
     device: str = "cpu"
     # Start computing the next chunk when this many actions are left in the queue.
     refill_at: int = 5
+    # Torch threads for inference in the daemon (0: torch's default). One leaves a core to the
+    # control loop and the recorder on a small computer; more helps a large model on a big one.
+    torch_threads: int = 1
     # Seed of the random baseline.
     seed: int = 0
 

@@ -123,6 +123,10 @@ def make_chunk_policy(
 ) -> ChunkPolicy:
     version = resolved_version(cfg)
     if cfg.path is not None:
+        if cfg.torch_threads > 0:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
         return LeRobotChunkPolicy(cfg.path, dataset_features, action_names, version, cfg.device)
     if cfg.baseline == "random":
         return RandomWalkPolicy(action_names, version, cfg.seed)

@@ -26,7 +26,7 @@ from flywheel.protocol import MessageType, Publisher
 from flywheel.rollout.cadence import CadenceReport, RateKeeper
 from flywheel.rollout.hotswap import Deployment, HotSwap
 from flywheel.rollout.policy_runner import PolicyRunner
-from flywheel.rollout.recorder import Recorder, SavedEpisode
+from flywheel.rollout.recorder import NullRecorder, Recorder, SavedEpisode
 from flywheel.rollout.safety import SafetyLayer
 from flywheel.rollout.takeover import ControlState, TakeoverMachine
 from flywheel.rollout.teleop_link import LocalTeleop, RemoteTeleop, TeleopSnapshot
@@ -95,16 +95,8 @@ class RolloutDaemon:
     # --- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> list[EpisodeResult]:
         cfg = self.cfg
-        dataset = open_for_append(
-            cfg.dataset.root,
-            cfg.dataset.repo_id,
-            cfg.fps or 30,
-            self.features,
-            self.robot.name,
-            cfg.dataset.video,
-        )
         self.events = Publisher(self._ctx, cfg.wire.daemon_events)
-        self.recorder = Recorder(dataset, on_saved=self._announce_saved)
+        self.recorder = self._make_recorder()
         self.runner = PolicyRunner(
             self.policy,
             cfg.policy.refill_at,
@@ -146,7 +138,7 @@ class RolloutDaemon:
         for result, saved in zip(kept, self.recorder.outcomes, strict=False):
             result.saved = saved
         lost = [r.index for r in kept if not r.saved]
-        if lost:
+        if lost and self.cfg.dataset.record:
             log.error("episodes %s were not saved: %r", lost, self.recorder.error)
         return self.results
 
@@ -166,6 +158,20 @@ class RolloutDaemon:
         # PUB/SUB drops messages sent before a subscriber's connection completes ("slow joiner").
         if isinstance(self.link, RemoteTeleop):
             time.sleep(0.3)
+
+    def _make_recorder(self) -> Recorder | NullRecorder:
+        cfg = self.cfg
+        if not cfg.dataset.record:
+            return NullRecorder()
+        dataset = open_for_append(
+            cfg.dataset.root,
+            cfg.dataset.repo_id,
+            cfg.fps or 30,
+            self.features,
+            self.robot.name,
+            cfg.dataset.video,
+        )
+        return Recorder(dataset, on_saved=self._announce_saved)
 
     def _initial_deployment(self) -> Deployment | None:
         path = self.cfg.policy.path

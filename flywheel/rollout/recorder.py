@@ -130,3 +130,26 @@ class Recorder:
         log.info("saved episode %d: %d frames, %s, success=%s", index, length, info.data_type, info.success)
         if self.on_saved is not None:
             self.on_saved(saved)
+
+
+class NullRecorder:
+    """Records nothing (dataset.record=false): the same calls, no thread, no disk. Every episode
+    reports as not saved."""
+
+    error = None
+
+    def __init__(self):
+        self.saved: list[SavedEpisode] = []
+        self.outcomes: list[bool] = []
+
+    def add_frame(self, *args, **kwargs) -> None:
+        pass
+
+    def end_episode(self, info: EpisodeInfo) -> None:
+        self.outcomes.append(False)
+
+    def discard_episode(self) -> None:
+        pass
+
+    def close(self, timeout: float = 0.0) -> None:
+        pass

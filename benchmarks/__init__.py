@@ -1,0 +1,1 @@
+"""`flywheel bench`: the measured speed of every hot path (docs/benchmarks.md)."""

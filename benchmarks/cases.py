@@ -1,0 +1,330 @@
+"""The benchmark cases. Each returns a flat dict of figures; `quick` makes it smaller, not different.
+
+Tick timing is measured the same way for every loop (flywheel's and LeRobot's): the start time of
+each tick is taken when the loop reads the robot (a wrapper around `get_observation`), and a tick's
+lateness is how much later than its slot on the fixed-rate grid it started.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from benchmarks.fixtures import tiny_sim_checkpoint
+from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
+from flywheel.protocol import MessageType, request
+from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.teleop_link import LocalTeleop
+from robots.sim import STATE_NAMES, SimArm, SimArmConfig
+from teleop.pedals import ConstantPedal, ConstantPedalConfig
+from teleop.sim_operator import SimOperator, SimOperatorConfig
+from trainer.registry import ModelRegistry
+
+FPS = 30
+PERIOD_MS = 1000 / FPS
+
+
+def percentiles(values_ms: list[float], prefix: str) -> dict[str, float]:
+    v = np.asarray(values_ms, dtype=float)
+    return {
+        f"{prefix}_p50_ms": float(np.percentile(v, 50)),
+        f"{prefix}_p99_ms": float(np.percentile(v, 99)),
+        f"{prefix}_max_ms": float(v.max()),
+    }
+
+
+class TickClock:
+    """Timestamps each call of robot.get_observation (the start of a control tick)."""
+
+    def __init__(self, robot):
+        self.starts: list[float] = []
+        original = robot.get_observation
+
+        def timed():
+            self.starts.append(time.perf_counter())
+            return original()
+
+        robot.get_observation = timed
+
+    def lateness_ms(self, gap_s: float = 0.5) -> list[float]:
+        """Lateness against a 30 Hz grid restarted at each run of ticks (a gap longer than `gap_s`
+        is an episode boundary where the loop is not expected to tick)."""
+        late, origin, k = [], None, 0
+        for i, t in enumerate(self.starts):
+            if origin is None or t - self.starts[i - 1] > gap_s:
+                origin, k = t, 0
+            late.append(max(0.0, (t - (origin + k / FPS)) * 1000))
+            k += 1
+        return late
+
+    def intervals_ms(self) -> list[float]:
+        return list(np.diff(self.starts) * 1000)
+
+
+def _wire() -> WireConfig:
+    tag = uuid.uuid4().hex[:8]
+    return WireConfig(
+        daemon_events=f"inproc://b-events-{tag}",
+        teleop_state=f"inproc://b-teleop-{tag}",
+        deploy=f"inproc://b-deploy-{tag}",
+    )
+
+
+def _daemon(
+    policy_path: Path, frames: int, episodes: int, fps: int, root: Path, record: bool = True
+) -> RolloutDaemon:
+    cfg = RolloutConfig(
+        robot=SimArmConfig(task="push-v3"),
+        policy=PolicySourceConfig(path=policy_path),
+        dataset=DatasetConfig(root=root, repo_id="bench/loop", record=record),
+        wire=_wire(),
+        episodes=episodes,
+        fps=fps,
+        episode_time_s=frames / (fps or FPS),
+        report_cadence=False,
+    )
+    nobody = LocalTeleop(SimOperator(SimOperatorConfig()), ConstantPedal(ConstantPedalConfig(pressed=False)))
+    return RolloutDaemon(cfg, link=nobody)
+
+
+def control_loop(work: Path, quick: bool) -> dict[str, Any]:
+    """Tick lateness at 30 Hz with the tiny policy (chunk 50, refilled in a worker thread), alone and
+    while a training process runs beside it."""
+    policy = tiny_sim_checkpoint(work / "policy")
+    frames, episodes = (150, 2) if quick else (300, 4)
+    out: dict[str, Any] = {}
+    for label, with_trainer in (("alone", False), ("training", True)):
+        trainer = _background_training(work / f"train-{label}") if with_trainer else None
+        try:
+            daemon = _daemon(policy, frames, episodes, FPS, work / f"loop-{label}")
+            clock = TickClock(daemon.robot)
+            results = daemon.run()
+        finally:
+            if trainer is not None:
+                trainer.terminate()
+                trainer.wait(timeout=30)
+        out |= percentiles(clock.lateness_ms(), f"lateness_{label}")
+        out[f"held_ticks_{label}"] = sum(r.policy_misses for r in results)
+        out[f"ticks_{label}"] = len(clock.starts)
+    return out
+
+
+def _background_training(folder: Path) -> subprocess.Popen:
+    """A CPU-bound training process (the trainer's policy training on a fresh sim dataset)."""
+    script = (
+        "import torch, time\n"
+        "from benchmarks.fixtures import tiny_sim_policy_config\n"
+        "from flywheel.policies.pi_star_recap import PiStarRECAPPolicy\n"
+        "p = PiStarRECAPPolicy(tiny_sim_policy_config()); opt = torch.optim.AdamW(p.parameters())\n"
+        "b = {'observation.state': torch.randn(32, 39), 'action': torch.randn(32, 50, 4),\n"
+        "     'action_is_pad': torch.zeros(32, 50, dtype=torch.bool), 'task': ['push'] * 32}\n"
+        "while True:\n"
+        "    loss, _ = p(b); loss.backward(); opt.step(); opt.zero_grad()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    time.sleep(8)  # let it get to the training loop before the control loop starts
+    return proc
+
+
+def hot_swap(work: Path, quick: bool) -> dict[str, Any]:
+    """Worst tick lateness while versions are swapped into the running daemon, over one period."""
+    registry = ModelRegistry(work / "models")
+    for seed in (0, 1):
+        registry.publish(tiny_sim_checkpoint(work / f"ckpt-{seed}", seed=seed))
+    swaps = 3 if quick else 8
+    daemon = _daemon(registry.path(1), frames=60 + swaps * 45, episodes=1, fps=FPS, root=work / "swap")
+    clock = TickClock(daemon.robot)
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    swap_ticks, statuses = [], []
+    try:
+        _wait(lambda: len(clock.starts) > 30)
+        for i in range(swaps):
+            version = 2 if i % 2 == 0 else 1
+            fields = {
+                "version": version,
+                "path": str(registry.path(version)),
+                "sha256": registry.manifest(version).sha256,
+            }
+            reply = request(daemon._ctx, daemon.cfg.wire.deploy, MessageType.DEPLOY, fields, timeout_s=60)
+            statuses.append(reply.fields["status"])
+            swap_ticks.append(len(clock.starts))
+            time.sleep(1.0)
+    finally:
+        runner.join(timeout=120)
+    late = clock.lateness_ms()
+    around = [late[j] for t in swap_ticks for j in range(max(0, t - 30), min(len(late), t + 5))]
+    return {
+        "swaps": swaps,
+        "swaps_done": statuses.count("swapped"),
+        "worst_lateness_during_swaps_ms": max(around),
+        "swap_stall_over_period": max(around) / PERIOD_MS,
+        **percentiles(late, "lateness_whole_run"),
+    }
+
+
+def _wait(condition, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError("benchmark: condition not reached")
+        time.sleep(0.01)
+
+
+def select_action(work: Path, quick: bool) -> dict[str, Any]:
+    """Latency of one action chunk (chunk 50, 10 denoising steps), unguided and with CFG beta=2."""
+    from flywheel.dataset import dataset_features
+    from flywheel.policy_source import LeRobotChunkPolicy
+    from robots.sim import ACTION_NAMES
+
+    features = dataset_features({n: float for n in STATE_NAMES}, {n: float for n in ACTION_NAMES}, False)
+    obs = dict.fromkeys(STATE_NAMES, 0.1)
+    calls = 20 if quick else 60
+    out: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    for label, beta in (("unguided", 1.0), ("cfg2", 2.0)):
+        policy = LeRobotChunkPolicy(
+            tiny_sim_checkpoint(work / label, cfg_scale=beta), features, list(ACTION_NAMES), 1, "cpu"
+        )
+        for _ in range(3):
+            policy.predict_chunk(obs, "push the puck to the goal")
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            policy.predict_chunk(obs, "push the puck to the goal")
+            times.append((time.perf_counter() - start) * 1000)
+        out |= percentiles(times, f"chunk_{label}")
+    out["cfg_over_unguided_p50"] = out["chunk_cfg2_p50_ms"] / out["chunk_unguided_p50_ms"]
+    return out
+
+
+def training(work: Path, quick: bool) -> dict[str, Any]:
+    """Training samples per second, tiny preset, batch 32, chunk 50 (forward + backward + step)."""
+    from benchmarks.fixtures import tiny_sim_policy_config
+    from flywheel.policies.pi_star_recap import PiStarRECAPPolicy
+
+    policy = PiStarRECAPPolicy(tiny_sim_policy_config())
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
+    batch = {
+        "observation.state": torch.randn(32, 39),
+        "action": torch.randn(32, 50, 4),
+        "action_is_pad": torch.zeros(32, 50, dtype=torch.bool),
+        "task": ["push the puck"] * 32,
+    }
+    steps = 10 if quick else 40
+    for i in range(steps + 3):
+        if i == 3:
+            start = time.perf_counter()
+        loss, _ = policy(batch)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    elapsed = time.perf_counter() - start
+    return {"train_samples_per_s": steps * 32 / elapsed, "train_step_ms": elapsed / steps * 1000}
+
+
+def recording(work: Path, quick: bool) -> dict[str, Any]:
+    """What recording costs the control thread: per-tick work in lockstep, with and without it."""
+    policy = tiny_sim_checkpoint(work / "policy")
+    episodes = 3 if quick else 8
+    out: dict[str, Any] = {}
+    for label, record in (("recording", True), ("not_recording", False)):
+        daemon = _daemon(policy, frames=200, episodes=episodes, fps=0, root=work / label, record=record)
+        clock = TickClock(daemon.robot)
+        daemon.run()
+        within = [d for d in clock.intervals_ms() if d < 500]  # ticks inside episodes
+        out[f"tick_{label}_mean_ms"] = float(np.mean(within))
+    out["recording_overhead_per_frame_ms"] = out["tick_recording_mean_ms"] - out["tick_not_recording_mean_ms"]
+    return out
+
+
+def lerobot_record_loop(work: Path, quick: bool) -> dict[str, Any]:
+    """LeRobot's own record loop (lerobot-record's `record_loop` + `save_episode`) on the same sim
+    arm and policy, against the flywheel daemon, timed the same way across episode boundaries."""
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+    from lerobot.policies.factory import make_pre_post_processors
+    from lerobot.processor.factory import make_default_processors
+    from lerobot.scripts.lerobot_record import record_loop
+
+    from flywheel.dataset import dataset_features
+    from flywheel.policies.pi_star_recap import PiStarRECAPPolicy
+
+    policy_path = tiny_sim_checkpoint(work / "policy")
+    frames, episodes = (90, 2) if quick else (150, 4)
+    robot = SimArm(SimArmConfig(task="push-v3"))
+    features = dataset_features(robot.observation_features, robot.action_features, False)
+    dataset = LeRobotDataset.create(
+        "bench/lerobot",
+        FPS,
+        features={k: v for k, v in features.items() if k.startswith(("observation", "action"))},
+        root=work / "lerobot",
+        robot_type="sim",
+        use_videos=False,
+    )
+    policy = PiStarRECAPPolicy.from_pretrained(policy_path)
+    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(policy_path))
+    processors = make_default_processors()
+    clock = TickClock(robot)
+    robot.connect()
+    saves = []
+    for _ in range(episodes):
+        robot.reset_episode()
+        record_loop(
+            robot=robot,
+            events={"exit_early": False},
+            fps=FPS,
+            teleop_action_processor=processors[0],
+            robot_action_processor=processors[1],
+            robot_observation_processor=processors[2],
+            dataset=dataset,
+            policy=policy,
+            preprocessor=pre,
+            postprocessor=post,
+            control_time_s=frames / FPS,
+            single_task="push the puck to the goal",
+        )
+        start = time.perf_counter()
+        dataset.save_episode()
+        saves.append((time.perf_counter() - start) * 1000)
+    robot.disconnect()
+    lerobot_intervals = clock.intervals_ms()
+
+    daemon = _daemon(policy_path, frames, episodes, FPS, work / "flywheel")
+    flywheel_clock = TickClock(daemon.robot)
+    daemon.run()
+    flywheel_intervals = flywheel_clock.intervals_ms()
+    return {
+        **percentiles([max(0.0, d - PERIOD_MS) for d in lerobot_intervals], "lerobot_tick_overrun"),
+        **percentiles([max(0.0, d - PERIOD_MS) for d in flywheel_intervals], "flywheel_tick_overrun"),
+        "lerobot_save_episode_ms_mean": float(np.mean(saves)),
+        "lerobot_worst_gap_ms": float(max(lerobot_intervals)),
+        "flywheel_worst_gap_ms": float(max(flywheel_intervals)),
+    }
+
+
+CASES = {
+    "control_loop": control_loop,
+    "hot_swap": hot_swap,
+    "select_action": select_action,
+    "training": training,
+    "recording": recording,
+    "lerobot_record_loop": lerobot_record_loop,
+}
+
+
+def run_case(name: str, quick: bool) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as work:
+        start = time.perf_counter()
+        figures = CASES[name](Path(work), quick)
+        figures["case_wall_s"] = time.perf_counter() - start
+        return figures

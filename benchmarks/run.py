@@ -1,0 +1,90 @@
+"""`flywheel bench [--quick] [--cases=[a,b]]`: run the cases, write JSON, print a markdown table."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from benchmarks.cases import CASES, run_case
+
+# Targets from the issue; each is checked against a figure here, never in a test.
+TARGETS = {
+    "control_loop.lateness_alone_p99_ms": ("<=", 5.0),
+    "hot_swap.swap_stall_over_period": ("<", 1.0),
+    "select_action.cfg_over_unguided_p50": ("<=", 1.3),
+}
+
+
+@dataclass
+class BenchConfig:
+    # Smaller runs of every case (under 3 minutes in all on 2 cores).
+    quick: bool = False
+    # Which cases (default: all): control_loop, hot_swap, select_action, training, recording,
+    # lerobot_record_loop.
+    cases: list[str] = field(default_factory=lambda: list(CASES))
+    # Where the JSON goes.
+    output: Path = Path("outputs/bench")
+
+    def __post_init__(self):
+        unknown = [c for c in self.cases if c not in CASES]
+        if unknown:
+            raise ValueError(f"cases: unknown {unknown}; choose from {list(CASES)}")
+
+
+def machine() -> dict:
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "load_average": os.getloadavg(),
+    }
+
+
+def bench_main(cfg: BenchConfig) -> int:
+    results = {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "quick": cfg.quick,
+        "machine": machine(),
+        "cases": {},
+    }
+    for name in tqdm(cfg.cases, desc="bench"):
+        results["cases"][name] = run_case(name, cfg.quick)
+    results["targets"] = check_targets(results["cases"])
+    cfg.output.mkdir(parents=True, exist_ok=True)
+    path = cfg.output / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if cfg.quick else ''}.json"
+    path.write_text(json.dumps(results, indent=1))
+    print(markdown(results))
+    print(f"\nwritten: {path}")
+    return 0
+
+
+def check_targets(cases: dict) -> dict:
+    out = {}
+    for key, (op, bound) in TARGETS.items():
+        case, figure = key.split(".")
+        value = cases.get(case, {}).get(figure)
+        if value is not None:
+            met = value <= bound if op == "<=" else value < bound
+            out[key] = {"value": value, "target": f"{op} {bound}", "met": met}
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["| case | figure | value |", "|---|---|---|"]
+    for case, figures in results["cases"].items():
+        for name, value in figures.items():
+            shown = f"{value:.3f}" if isinstance(value, float) else str(value)
+            lines.append(f"| {case} | {name} | {shown} |")
+    lines += ["", "| target | value | met |", "|---|---|---|"]
+    for key, t in results["targets"].items():
+        lines.append(f"| {key} {t['target']} | {t['value']:.3f} | {'yes' if t['met'] else 'NO'} |")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""Configuration of `flywheel demo`: how much data, training and evaluation each stage gets.
+
+The defaults are sized for the budget of issue 7 (about 20 minutes on 2 shared CPU cores);
+`--quick` shrinks them to about 5 minutes (one task). docs/demo.md has the budget plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+# The methods compared side by side (docs/demo.md, "Methods").
+METHODS: tuple[str, ...] = ("sft_all", "filtered_sft", "awr", "recap", "recap_cfg", "good_only")
+
+
+@dataclass
+class DemoConfig:
+    """`flywheel demo`: the whole flywheel on the simulated arm, RECAP against baselines."""
+
+    # Everything (datasets, registry, evaluations, results.json, report.md, figures) goes here.
+    out_dir: Path = Path("outputs/demo")
+    # Remove out_dir first if it exists (otherwise the demo refuses to mix two runs).
+    overwrite: bool = False
+    # Shrink everything to the ~5 minute smoke run (one task, two seeds, fewer episodes and steps).
+    quick: bool = False
+    # MetaWorld tasks, all learned by one multi-task policy (the task text is in its prompt).
+    tasks: list[str] = field(default_factory=lambda: ["push-v3", "pick-place-v3"])
+    # Independent repetitions of the whole flywheel (data, training, evaluation).
+    seeds: int = 3
+    # RECAP iterations after the initial SFT (each: rollouts with takeovers, label, train, deploy).
+    iterations: int = 2
+    # Methods to run (subset of sft_all, filtered_sft, awr, recap, recap_cfg, good_only).
+    methods: list[str] = field(default_factory=lambda: list(METHODS))
+    # Train the baselines at every iteration ("all") or only on the last iteration's data ("last").
+    baselines_at: str = "last"
+
+    # Initial data, per task: operator demos (good = expert + small noise; bad = slow, drift,
+    # burst, noisy in turn) and random-policy runs the good operator takes over with the pedal.
+    good_demos: int = 8
+    bad_demos: int = 16
+    takeover_episodes: int = 8
+    # Rollouts of the deployed policy per task and iteration, the good operator at the pedal.
+    rollouts_per_iteration: int = 8
+    # Episode length limit in steps (failures count as this many steps).
+    horizon: int = 150
+
+    # Policy: pi_star_recap tiny, with a 10-step chunk (50 costs 60-90% more per step).
+    chunk_size: int = 10
+    sft_steps: int = 600  # the initial SFT on the first data (every method starts from it)
+    method_steps: int = 300  # each method's own training from the SFT policy, every iteration
+    batch_size: int = 32
+    # Classifier-free guidance scale of the recap_cfg variant (1 = plain positive conditioning).
+    cfg_scale: float = 1.5
+    # torch threads per process (1: small models gain nothing from more on a shared 2-core box).
+    torch_threads: int = 1
+
+    # Labeling (flywheel.recap.labeling): value steps per fold, folds, threshold, IQL steps.
+    value_steps: int = 400
+    cross_fit_folds: int = 3
+    threshold_mode: str = "progress"
+    positive_fraction: float = 0.10
+    iql_steps: int = 1000
+    # RECAP samples frames with the trainer's data-type weights (interventions x2, types balanced).
+    recap_data_type_weights: bool = True
+
+    # Held-out evaluation scenes per task (the same for every method, seed and iteration).
+    eval_episodes: int = 12
+    # Write a Rerun recording (.rrd) of the last iteration's labeled episodes.
+    rerun: bool = True
+
+    def resolved(self) -> DemoConfig:
+        """The settings actually used: `quick` overrides the sizes."""
+        cfg = self
+        if self.quick:
+            cfg = replace(
+                self,
+                tasks=self.tasks[:1],
+                seeds=min(self.seeds, 2),
+                iterations=1,
+                good_demos=5,
+                bad_demos=8,
+                takeover_episodes=4,
+                rollouts_per_iteration=4,
+                horizon=120,
+                sft_steps=250,
+                method_steps=100,
+                value_steps=150,
+                cross_fit_folds=2,
+                iql_steps=300,
+                eval_episodes=6,
+            )
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        unknown = sorted(set(self.methods) - set(METHODS))
+        if unknown:
+            raise ValueError(f"methods: {unknown} are not among {list(METHODS)}")
+        if "recap_cfg" in self.methods and "recap" not in self.methods:
+            raise ValueError("methods: recap_cfg evaluates the recap model, so it needs recap too")
+        if self.baselines_at not in ("all", "last"):
+            raise ValueError(f"baselines_at: {self.baselines_at!r} is not 'all' or 'last'")
+        if not self.tasks:
+            raise ValueError("tasks: at least one task")
+        for name in ("seeds", "good_demos", "eval_episodes", "sft_steps", "method_steps", "horizon"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
+        if self.iterations < 0:
+            raise ValueError(f"iterations: {self.iterations} must be >= 0")
+        if self.cfg_scale < 1.0:
+            raise ValueError(f"cfg_scale: {self.cfg_scale} must be >= 1")

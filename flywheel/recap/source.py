@@ -1,0 +1,181 @@
+"""Read a flywheel dataset into arrays for labeling, refusing what cannot be labeled.
+
+Reads the parquet files directly (not through LeRobotDataset) so that a malformed dataset fails
+with a message naming the field and the episode instead of deep inside LeRobot, and before any
+output is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from flywheel.dataset import INTERVENTION
+
+STATE = "observation.state"
+DATA_TYPE_IDS = {"demo": 0, "auto": 1, "intervention": 2}
+
+
+class LabelInputError(ValueError):
+    """The dataset cannot be labeled; the message names the field and the episode."""
+
+
+@dataclass
+class Episodes:
+    """One entry per episode, ordered by episode_index."""
+
+    index: np.ndarray  # int64 episode_index
+    length: np.ndarray  # int64
+    start: np.ndarray  # int64 dataset_from_index
+    task: list[str]
+    data_type: list[str]
+    success: np.ndarray  # bool
+    operator: list[str]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+@dataclass
+class Frames:
+    """Per-frame arrays in global `index` order."""
+
+    state: np.ndarray  # (F, D) float32
+    action: np.ndarray  # (F, A) float32
+    episode: np.ndarray  # (F,) position of the frame's episode in Episodes (0..E-1)
+    frame_index: np.ndarray  # (F,)
+    intervention: np.ndarray  # (F,) bool
+
+    def __len__(self) -> int:
+        return len(self.episode)
+
+
+@dataclass
+class Source:
+    root: Path
+    info: dict
+    episodes: Episodes
+    frames: Frames
+
+    def task_of_frames(self) -> np.ndarray:
+        """Per-frame task string."""
+        return np.asarray(self.episodes.task, dtype=object)[self.frames.episode]
+
+    def frame_data_type_ids(self) -> np.ndarray:
+        """0 demo, 1 autonomous, 2 intervention (the operator's frames inside a policy episode)."""
+        episode_type = np.array([DATA_TYPE_IDS[t] for t in self.episodes.data_type])[self.frames.episode]
+        ids = np.where(episode_type == DATA_TYPE_IDS["demo"], 0, 1)
+        return np.where((episode_type == DATA_TYPE_IDS["intervention"]) & self.frames.intervention, 2, ids)
+
+
+def load_source(root: Path) -> Source:
+    root = Path(root)
+    info_path = root / "meta" / "info.json"
+    if not info_path.exists():
+        raise LabelInputError(f"meta/info.json: {root} holds no LeRobot dataset")
+    info = json.loads(info_path.read_text())
+    for key in (STATE, "action", INTERVENTION):
+        if key not in info["features"]:
+            raise LabelInputError(f"features.{key}: missing from {info_path} (episode: all)")
+    episodes = _load_episodes(root)
+    frames = _load_frames(root, episodes)
+    return Source(root=root, info=info, episodes=episodes, frames=frames)
+
+
+def _load_episodes(root: Path) -> Episodes:
+    files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
+    if not files:
+        raise LabelInputError(f"meta/episodes: no episode metadata under {root}")
+    table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    table = table.sort_values("episode_index", kind="stable").reset_index(drop=True)
+    _check_episode_columns(table)
+    return Episodes(
+        index=table["episode_index"].to_numpy(np.int64),
+        length=table["length"].to_numpy(np.int64),
+        start=table["dataset_from_index"].to_numpy(np.int64),
+        task=[_single_task(row) for _, row in table.iterrows()],
+        data_type=table["data_type"].astype(str).tolist(),
+        success=table["success"].to_numpy(bool),
+        operator=table["operator"].fillna("").astype(str).tolist()
+        if "operator" in table
+        else [""] * len(table),
+    )
+
+
+def _check_episode_columns(table: pd.DataFrame) -> None:
+    first = int(table["episode_index"].iloc[0]) if "episode_index" in table and len(table) else 0
+    for column in ("episode_index", "length", "dataset_from_index", "dataset_to_index", "tasks"):
+        if column not in table:
+            raise LabelInputError(f"meta/episodes.{column}: missing (episode {first} and all others)")
+    for column, why in (("success", "success labels are needed"), ("data_type", "demo/auto/intervention")):
+        if column not in table:
+            raise LabelInputError(f"meta/episodes.{column}: missing ({why}; episode {first} and all others)")
+    for position, row in table.iterrows():
+        episode = row["episode_index"]
+        if episode != position:
+            raise LabelInputError(
+                f"meta/episodes.episode_index: episode {episode} found where {position} was expected "
+                "(indices must be 0..E-1 without gaps or duplicates)"
+            )
+        if row["dataset_to_index"] - row["dataset_from_index"] != row["length"]:
+            raise LabelInputError(
+                f"meta/episodes.length: episode {episode} has length {row['length']} but spans "
+                f"frames {row['dataset_from_index']}..{row['dataset_to_index']}"
+            )
+        if row["success"] is None or pd.isna(row["success"]):
+            raise LabelInputError(f"meta/episodes.success: episode {episode} has no success label")
+        if str(row["data_type"]) not in DATA_TYPE_IDS:
+            raise LabelInputError(f"meta/episodes.data_type: episode {episode} has {row['data_type']!r}")
+
+
+def _single_task(row: pd.Series) -> str:
+    tasks = row["tasks"]
+    tasks = [] if tasks is None else [t for t in list(tasks) if isinstance(t, str) and t.strip()]
+    if not tasks:
+        raise LabelInputError(f"meta/episodes.tasks: episode {row['episode_index']} has no task")
+    return tasks[0]
+
+
+def _load_frames(root: Path, episodes: Episodes) -> Frames:
+    columns = [STATE, "action", INTERVENTION, "episode_index", "frame_index", "index"]
+    files = sorted((root / "data").glob("*/*.parquet"))
+    if not files:
+        raise LabelInputError(f"data: no frame files under {root}")
+    table = pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files], ignore_index=True)
+    table = table.sort_values("index", kind="stable").reset_index(drop=True)
+    _check_frames(table, episodes)
+    return Frames(
+        state=np.stack(table[STATE].to_numpy()).astype(np.float32),
+        action=np.stack(table["action"].to_numpy()).astype(np.float32),
+        episode=table["episode_index"].to_numpy(np.int64),
+        frame_index=table["frame_index"].to_numpy(np.int64),
+        intervention=table[INTERVENTION].to_numpy(bool),
+    )
+
+
+def _check_frames(table: pd.DataFrame, episodes: Episodes) -> None:
+    index = table["index"].to_numpy(np.int64)
+    episode = table["episode_index"].to_numpy(np.int64)
+    for e, start, length in zip(episodes.index, episodes.start, episodes.length, strict=True):
+        rows = slice(start, start + length)
+        if (
+            start + length > len(table)
+            or not np.array_equal(index[rows], np.arange(start, start + length))
+            or not np.all(episode[rows] == e)
+        ):
+            raise LabelInputError(
+                f"data.episode_index: the frames {start}..{start + length} of episode {e} "
+                "(per meta/episodes) do not all carry episode_index "
+                f"{e} (found {sorted(set(episode[rows].tolist()))[:5]})"
+            )
+    if len(table) != int(episodes.length.sum()):
+        stray = sorted(set(episode.tolist()) - set(episodes.index.tolist()))[:5]
+        raise LabelInputError(
+            f"data.episode_index: {len(table)} frames on disk but meta/episodes indexes "
+            f"{int(episodes.length.sum())}; episode(s) {stray} have frames and no metadata"
+        )
