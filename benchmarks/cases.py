@@ -191,7 +191,9 @@ def select_action(work: Path, quick: bool) -> dict[str, Any]:
     features = dataset_features({n: float for n in STATE_NAMES}, {n: float for n in ACTION_NAMES}, False)
     obs = dict.fromkeys(STATE_NAMES, 0.1)
     calls = 20 if quick else 60
-    out: dict[str, Any] = {"torch_threads": torch.get_num_threads()}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as in the daemon (policy.torch_threads)
+    out: dict[str, Any] = {"torch_threads": 1}
     for label, beta in (("unguided", 1.0), ("cfg2", 2.0)):
         policy = LeRobotChunkPolicy(
             tiny_sim_checkpoint(work / label, cfg_scale=beta), features, list(ACTION_NAMES), 1, "cpu"
@@ -205,6 +207,7 @@ def select_action(work: Path, quick: bool) -> dict[str, Any]:
             times.append((time.perf_counter() - start) * 1000)
         out |= percentiles(times, f"chunk_{label}")
     out["cfg_over_unguided_p50"] = out["chunk_cfg2_p50_ms"] / out["chunk_unguided_p50_ms"]
+    torch.set_num_threads(threads)
     return out
 
 
