@@ -61,7 +61,7 @@ def bench_main(cfg: BenchConfig) -> int:
     results["targets"] = check_targets(results["cases"])
     cfg.output.mkdir(parents=True, exist_ok=True)
     path = cfg.output / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if cfg.quick else ''}.json"
-    path.write_text(json.dumps(results, indent=1))
+    path.write_text(json.dumps(results, indent=1, default=lambda x: x.item()))  # numpy scalars
     print(markdown(results))
     print(f"\nwritten: {path}")
     return 0
@@ -73,7 +73,7 @@ def check_targets(cases: dict) -> dict:
         case, figure = key.split(".")
         value = cases.get(case, {}).get(figure)
         if value is not None:
-            met = value <= bound if op == "<=" else value < bound
+            met = bool(value <= bound if op == "<=" else value < bound)
             out[key] = {"value": value, "target": f"{op} {bound}", "met": met}
     return out
 

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 from typing import Any, Protocol
 
+import draccus
 import numpy as np
 
 from flywheel.configs import PolicySourceConfig
@@ -79,7 +80,10 @@ class LeRobotChunkPolicy:
             raise FileNotFoundError(
                 f"policy.path: {path} has no config.json (a LeRobot pretrained_model folder)"
             )
-        cfg = PreTrainedConfig.from_pretrained(path)
+        # Not PreTrainedConfig.from_pretrained: it builds a CLI parser whose help texts come from
+        # inspect.getsource, about 1 s that holds the GIL for hundreds of ms at a time, which would
+        # stall the control loop while a hot-swap loads. Decoding the JSON gives the same config.
+        cfg = draccus.decode(PreTrainedConfig, json.loads((Path(path) / "config.json").read_text()))
         cfg.device = device
         self.policy = get_policy_class(cfg.type).from_pretrained(path, config=cfg)
         self.policy.eval()
