@@ -15,6 +15,7 @@ from lerobot.teleoperators.config import TeleoperatorConfig
 import robots  # noqa: F401  (registers the sim robot type)
 import teleop  # noqa: F401  (registers the sim operator and the pedals)
 from flywheel.rollout.safety import SafetyConfig
+from flywheel.viz.config import RerunConfig
 from teleop.pedals import PedalConfig
 
 
@@ -103,6 +104,8 @@ class RolloutConfig:
     report_cadence: bool = True
     # Joint limits and the per-tick step limit (bumpless takeover) applied to every command.
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    # Stream the rollouts to Rerun (--rerun.save=FILE.rrd, --rerun.serve=true, --rerun.spawn=true).
+    rerun: RerunConfig = field(default_factory=RerunConfig)
 
     def __post_init__(self):
         if self.fps < 0:
@@ -144,6 +147,7 @@ class RunConfig:
     reset_time_s: float = 0.0
     task: str | None = None
     safety: SafetyConfig = field(default_factory=SafetyConfig)
+    rerun: RerunConfig = field(default_factory=RerunConfig)
     # Teleop publish rate in Hz.
     teleop_fps: int = 60
     # Restart a crashed child at most this many times (with exponential backoff).
@@ -174,6 +178,7 @@ class RunConfig:
             reset_time_s=self.reset_time_s,
             task=self.task,
             safety=self.safety,
+            rerun=self.rerun,
         )
 
     def teleop_config(self) -> TeleopProcessConfig:

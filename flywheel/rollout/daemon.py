@@ -97,6 +97,7 @@ class RolloutDaemon:
         cfg = self.cfg
         self.events = Publisher(self._ctx, cfg.wire.daemon_events)
         self.recorder = self._make_recorder()
+        self.viz = self._make_viz()
         self.runner = PolicyRunner(
             self.policy,
             cfg.policy.refill_at,
@@ -173,6 +174,13 @@ class RolloutDaemon:
         )
         return Recorder(dataset, on_saved=self._announce_saved)
 
+    def _make_viz(self):
+        if not self.cfg.rerun.enabled:
+            return None
+        from flywheel.viz.logger import RerunLogger  # rerun is imported only when asked for
+
+        return RerunLogger.from_config(self.cfg.rerun, self.robot.observation_features, self.action_names)
+
     def _initial_deployment(self) -> Deployment | None:
         path = self.cfg.policy.path
         if path is None or not (Path(path) / WEIGHTS_FILE).exists():
@@ -198,9 +206,14 @@ class RolloutDaemon:
         self.runner.swap(policy)
         log.info("policy v%04d acts from frame %d", deployment.version, frame)
         self.events.publish(MessageType.POLICY_SWAPPED, {"version": deployment.version, "frame": frame})
+        if self.viz is not None:
+            self.viz.policy_swapped(deployment.version, frame)
 
     def _shutdown(self) -> None:
-        for close in (self.runner.close, self.link.stop, self.hotswap.stop, self.recorder.close):
+        closers = [self.runner.close, self.link.stop, self.hotswap.stop, self.recorder.close]
+        if self.viz is not None:
+            closers.append(self.viz.close)
+        for close in closers:
             try:
                 close()
             except Exception:
@@ -237,6 +250,8 @@ class RolloutDaemon:
         state = _EpisodeState()
         end_reason = "timeout"
         self.events.publish(MessageType.EPISODE_STARTED, {"episode": episode, "task": task})
+        if self.viz is not None:
+            self.viz.start_episode(episode, task)
         misses_before = self.runner.misses
         for frame in range(cfg.max_episode_steps):
             self.rate.wait_for_tick()
@@ -269,10 +284,14 @@ class RolloutDaemon:
 
         intervening = self.machine.state == ControlState.INTERVENING
         hold = hold_action(observation, self.action_names)
-        action, version = self._choose_action(observation, task, frame, snapshot, intervening, hold)
+        action, version, source = self._choose_action(observation, task, frame, snapshot, intervening, hold)
         action = self.safety.apply(action, hold)
         sent = self.robot.send_action(dict(zip(self.action_names, action.tolist(), strict=True)))
         sent_vec = np.array([sent[name] for name in self.action_names], dtype=np.float32)
+        if self.viz is not None:
+            self.viz.log_tick(
+                episode, frame, observation, sent_vec, source, intervening, version, snapshot.pressed
+            )
         self.recorder.add_frame(observation, sent_vec, intervening, version, task)
         state.frames += 1
         state.intervention_frames += intervening
@@ -293,16 +312,17 @@ class RolloutDaemon:
         snapshot: TeleopSnapshot,
         intervening: bool,
         hold: np.ndarray,
-    ) -> tuple[np.ndarray, int]:
-        """The action for this tick and the policy version it came from (0: operator or hold)."""
+    ) -> tuple[np.ndarray, int, str]:
+        """The action for this tick, the policy version it came from (0: operator or hold), and who
+        gave it (policy | operator | hold)."""
         if intervening:
             fresh = snapshot.action is not None and snapshot.age_s * 1000 <= self.cfg.teleop_timeout_ms
             if not fresh:
-                return hold, 0  # the operator's stream is stale: hold rather than replay an old command
+                return hold, 0, "hold"  # the operator's stream is stale: hold, never replay an old command
             operator = [snapshot.action.get(name, h) for name, h in zip(self.action_names, hold, strict=True)]
-            return np.array(operator, dtype=np.float32), 0
+            return np.array(operator, dtype=np.float32), 0, "operator"
         queued = self.runner.next_action(observation, task, frame)
-        return (hold, 0) if queued is None else queued
+        return (hold, 0, "hold") if queued is None else (*queued, "policy")
 
     def _on_transition(
         self, change: tuple[ControlState, ControlState], state: _EpisodeState, observation: dict[str, Any]
@@ -368,6 +388,8 @@ class RolloutDaemon:
                     end_reason=end_reason,
                 )
             )
+        if self.viz is not None:
+            self.viz.end_episode(episode, success, None if data_type is None else str(data_type), end_reason)
         result = EpisodeResult(
             episode,
             state.frames,
