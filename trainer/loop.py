@@ -65,6 +65,8 @@ class TrainerConfig:
     continuous_steps: int = 300
     nightly_steps: int = 2000
     batch_size: int = 32
+    # Training checkpoints every this many steps (a killed trainer resumes from the last one).
+    save_every: int = 100
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     weights: DataTypeWeights = field(default_factory=DataTypeWeights)
     label: LabelConfig = field(default_factory=LabelConfig)
@@ -204,6 +206,7 @@ class Trainer:
                 output_dir=out,
                 steps=cfg.continuous_steps if warm else cfg.nightly_steps,
                 batch_size=cfg.batch_size,
+                save_every=cfg.save_every,
                 trackers=cfg.trackers,
                 sample_weights=folder / "sample_weights.npy",
                 resume=(out / "checkpoints" / "last" / "step.json").exists(),
