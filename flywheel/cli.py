@@ -7,6 +7,7 @@
     flywheel deploy   --version 3 | --rollback                       hot-swap weights into the daemon
     flywheel label    --dataset.root=IN --output.root=OUT            value function + advantage labels
     flywheel trainer  --dataset_root=DIR --every=10                  RECAP iterations in the background
+    flywheel view     --dataset.root=DIR [--rerun.serve=true]        replay a dataset in Rerun
     flywheel bench    [--quick]                                      speed of the hot paths
 
 Flags are LeRobot's draccus style (--robot.type=sim --robot.task=push-v3 --dataset.root=DIR);
@@ -111,6 +112,12 @@ def _label(cfg) -> int:
     return label_main(cfg)
 
 
+def _view(cfg) -> int:
+    from flywheel.viz.view import view_main
+
+    return view_main(cfg)
+
+
 def _bench(cfg) -> int:
     from benchmarks.run import bench_main
 
@@ -157,6 +164,9 @@ COMMANDS: dict[str, Command] = {
         "flywheel.recap.labeling:LabelConfig",
         _label,
         "train a value function, label advantages (new dataset)",
+    ),
+    "view": Command(
+        "flywheel.viz.config:ViewConfig", _view, "watch or replay in Rerun (viewer, browser, or .rrd)"
     ),
     "bench": Command("benchmarks.run:BenchConfig", _bench, "measure the hot paths (JSON + table)"),
     "trainer": Command(

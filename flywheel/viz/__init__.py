@@ -1,25 +1,33 @@
-"""Rerun views of the flywheel: the rollout live, datasets replayed, relabeled episodes (docs/rerun.md)."""
+"""Rerun views of the flywheel: the rollout live, datasets replayed, relabeled episodes (docs/rerun.md).
 
-from flywheel.viz.blueprint import make_blueprint
-from flywheel.viz.config import RerunConfig, ViewConfig, ViewDatasetConfig
-from flywheel.viz.logger import RerunLogger
-from flywheel.viz.replay import log_labeled_episode, replay_dataset
-from flywheel.viz.sinks import Recording, open_recording
-from flywheel.viz.value_monitor import ValueFn, ValueMonitor, load_value_fn
-from flywheel.viz.view import view_main
+Names are imported lazily: flywheel.configs imports `flywheel.viz.config` for every command, and
+that must not pull in rerun (and its ~0.3 s import) unless a recording is asked for.
+"""
 
-__all__ = [
-    "Recording",
-    "RerunConfig",
-    "RerunLogger",
-    "ValueFn",
-    "ValueMonitor",
-    "ViewConfig",
-    "ViewDatasetConfig",
-    "load_value_fn",
-    "log_labeled_episode",
-    "make_blueprint",
-    "open_recording",
-    "replay_dataset",
-    "view_main",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_WHERE = {
+    "make_blueprint": "blueprint",
+    "RerunConfig": "config",
+    "ViewConfig": "config",
+    "ViewDatasetConfig": "config",
+    "RerunLogger": "logger",
+    "log_labeled_episode": "replay",
+    "replay_dataset": "replay",
+    "Recording": "sinks",
+    "open_recording": "sinks",
+    "ValueFn": "value_monitor",
+    "ValueMonitor": "value_monitor",
+    "load_value_fn": "value_monitor",
+    "view_main": "view",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'flywheel.viz' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"flywheel.viz.{_WHERE[name]}"), name)

@@ -47,6 +47,7 @@ def log_styles(stream: rr.RecordingStream, state_names: list[str], action_names:
         p.INTERVENTION: rr.SeriesLines(colors=[p.COLORS["operator"]], names="intervention", widths=2.0),
         p.PEDAL: rr.SeriesLines(colors=[p.COLORS["pedal"]], names="pedal"),
         p.POLICY_VERSION: rr.SeriesLines(colors=[p.COLORS["version"]], names="policy version"),
+        p.EPISODE: rr.SeriesLines(colors=[p.COLORS["threshold"]], names="episode"),
         p.VALUE: rr.SeriesLines(colors=[p.COLORS["value"]], names="V(s)", widths=2.0),
         p.ADVANTAGE: rr.SeriesLines(colors=[p.COLORS["advantage"]], names="advantage"),
         p.THRESHOLD: rr.SeriesLines(colors=[p.COLORS["threshold"]], names="threshold"),
@@ -73,6 +74,7 @@ class RerunLogger:
         image_every: int = 1,
         value_monitor: ValueMonitor | None = None,
         value_every: int = 5,
+        jpeg_quality: int = 0,
         start: bool = True,
     ):
         self.recording = recording
@@ -84,6 +86,7 @@ class RerunLogger:
         self.image_every = image_every
         self.value_monitor = value_monitor
         self.value_every = value_every
+        self.jpeg_quality = jpeg_quality
         self.dropped = 0  # ticks dropped because the queue was full
         self.logged = 0  # ticks the logging thread wrote
         self.errors = 0
@@ -92,7 +95,7 @@ class RerunLogger:
         self._closed = False
         self._task = ""
         self._last_intervention = False
-        self._episode_first = 0
+        self._last_source = "policy"
         self._thread = threading.Thread(target=self._run, name="rerun-logger", daemon=True)
         log_styles(self.stream, state_names, action_names)
         if start:
@@ -131,6 +134,7 @@ class RerunLogger:
             cfg.image_every,
             monitor,
             cfg.value_every,
+            cfg.jpeg_quality,
         )
 
     def start(self) -> None:
@@ -234,8 +238,11 @@ class RerunLogger:
         if tick % self.image_every == 0:
             for cam in self.camera_names:
                 if cam in observation:
-                    s.log(f"{p.CAMERA}/{cam}", rr.Image(observation[cam]))
+                    s.log(f"{p.CAMERA}/{cam}", self._image(observation[cam]))
         source = source if source in p.SOURCES else "policy"
+        if source != self._last_source:
+            self._break_lines(self._last_source)
+            self._last_source = source
         for name, value in zip(
             self.action_names, np.asarray(action, dtype=np.float64).tolist(), strict=False
         ):
@@ -255,7 +262,6 @@ class RerunLogger:
     def _start(self, episode: int, task: str, tick: int) -> None:
         self._task = task
         self._last_intervention = False
-        self._episode_first = tick
         self._event(f"episode {episode} starts: {task}", "INFO")
 
     def _end(
@@ -268,6 +274,16 @@ class RerunLogger:
         )
         if self.value_monitor is not None:
             self.value_monitor.end_episode(episode, success, last_tick)
+
+    def _image(self, pixels: np.ndarray) -> rr.Image | rr.EncodedImage:
+        image = rr.Image(pixels)
+        return image.compress(jpeg_quality=self.jpeg_quality) if self.jpeg_quality else image
+
+    def _break_lines(self, source: str) -> None:
+        """End `source`'s action lines here, so the plot shows a gap while another source acts
+        instead of a straight line across the operator's span (a Clear breaks a series line)."""
+        for name in self.action_names:
+            self.stream.log(f"{p.ACTION}/{source}/{name}", rr.Clear(recursive=False))
 
     def _event(self, text: str, level: str) -> None:
         self.stream.log(p.EVENTS, rr.TextLog(text, level=level))

@@ -194,10 +194,17 @@ def _send_robot_columns(
         return
     action = _column(frames, "action")
     source = _action_source(frames)
+    names = layout.action_names or [f"a{j}" for j in range(action.shape[1])]
     for s in p.SOURCES:
         rows = source == s
-        for j, name in enumerate(layout.action_names or [f"a{j}" for j in range(action.shape[1])]):
+        for j, name in enumerate(names):
             send_scalars(stream, f"{p.ACTION}/{s}/{name}", index[rows], action[rows, j])
+        # A Clear where another source takes over breaks the line instead of bridging the gap.
+        for _, stop in spans(rows):
+            if stop < len(index):
+                stream.set_time(p.FRAME, sequence=int(index[stop]))
+                for name in names:
+                    stream.log(f"{p.ACTION}/{s}/{name}", rr.Clear(recursive=False))
 
 
 def _action_source(frames: pd.DataFrame) -> np.ndarray:
