@@ -27,7 +27,14 @@ import draccus
 from draccus.utils import ParsingError
 
 from flywheel import presets
-from flywheel.configs import DeployConfig, RecordConfig, RolloutConfig, RunConfig, TeleopProcessConfig
+from flywheel.configs import (
+    DeployConfig,
+    KeysConfig,
+    RecordConfig,
+    RolloutConfig,
+    RunConfig,
+    TeleopProcessConfig,
+)
 
 
 @dataclass
@@ -98,7 +105,14 @@ def _deploy(cfg: DeployConfig) -> int:
             "sha256": manifest.sha256,
         }
     try:
-        reply = request(zmq.Context.instance(), cfg.wire.deploy, MessageType.DEPLOY, fields, cfg.timeout_s)
+        reply = request(
+            zmq.Context.instance(),
+            cfg.wire.deploy,
+            MessageType.DEPLOY,
+            fields,
+            cfg.timeout_s,
+            cfg.wire.security("operator"),
+        )
     except TimeoutError as e:
         print(f"flywheel deploy: {e} (is the rollout daemon running?)", file=sys.stderr)
         return 1
@@ -110,6 +124,15 @@ def _label(cfg) -> int:
     from flywheel.recap.labeling import label_main
 
     return label_main(cfg)
+
+
+def _keys(cfg) -> int:
+    from flywheel.security import make_keys
+
+    made = make_keys(cfg.keys_dir)
+    print(f"{len(made)} new key pair(s) in {cfg.keys_dir} (existing ones kept): {[p.stem for p in made]}")
+    print(f"use them with --wire.keys_dir={cfg.keys_dir} on every process")
+    return 0
 
 
 def _view(cfg) -> int:
@@ -165,6 +188,7 @@ COMMANDS: dict[str, Command] = {
         _label,
         "train a value function, label advantages (new dataset)",
     ),
+    "keys": Command(KeysConfig, _keys, "make CurveZMQ keys (needed to bind beyond loopback)"),
     "view": Command(
         "flywheel.viz.config:ViewConfig", _view, "watch or replay in Rerun (viewer, browser, or .rrd)"
     ),

@@ -15,6 +15,7 @@ from lerobot.teleoperators.config import TeleoperatorConfig
 import robots  # noqa: F401  (registers the sim robot type)
 import teleop  # noqa: F401  (registers the sim operator and the pedals)
 from flywheel.rollout.safety import SafetyConfig
+from flywheel.security import Security
 from flywheel.viz.config import RerunConfig
 from teleop.pedals import PedalConfig
 
@@ -29,6 +30,12 @@ class WireConfig:
     teleop_state: str = "tcp://127.0.0.1:5556"
     # The rollout daemon takes deploy / rollback requests here (request/reply).
     deploy: str = "tcp://127.0.0.1:5557"
+    # CurveZMQ keys (made by `flywheel keys`). Without them every socket must bind to loopback;
+    # with them, only processes whose public key is in <keys_dir>/public are heard.
+    keys_dir: Path | None = None
+
+    def security(self, identity: str) -> Security | None:
+        return None if self.keys_dir is None else Security(Path(self.keys_dir), identity)
 
 
 @dataclass
@@ -236,3 +243,11 @@ class DeployConfig:
     def __post_init__(self):
         if self.rollback and self.version is not None:
             raise ValueError("version: give either --version or --rollback, not both")
+
+
+@dataclass
+class KeysConfig:
+    """`flywheel keys`: CurveZMQ key pairs for the daemon, teleop, trainer and operator."""
+
+    # Where the keys go: public/ (copy to every machine) and private/ (each machine keeps its own).
+    keys_dir: Path = Path("outputs/keys")

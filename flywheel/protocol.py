@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import zmq
 
+from flywheel.security import Security, secure_client, secure_server
+
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
 MAX_ARRAY_BYTES = 64 * 1024 * 1024
@@ -148,11 +150,12 @@ class Publisher:
     Safe to call from several threads (one lock around the socket, which ZeroMQ requires).
     """
 
-    def __init__(self, ctx: zmq.Context, address: str, bind: bool = True, sndhwm: int = 100):
+    def __init__(self, ctx: zmq.Context, address: str, security: Security | None = None, sndhwm: int = 100):
         self._socket = ctx.socket(zmq.PUB)
         self._socket.setsockopt(zmq.SNDHWM, sndhwm)
         self._socket.setsockopt(zmq.LINGER, 0)
-        (self._socket.bind if bind else self._socket.connect)(address)
+        secure_server(self._socket, address, security)
+        self._socket.bind(address)
         self._seq = 0
         self._lock = threading.Lock()
 
@@ -186,11 +189,20 @@ class LatestValueSubscriber:
     Malformed messages are counted and the last error kept, never raised into the reader.
     """
 
-    def __init__(self, ctx: zmq.Context, addresses: list[str], topics: list[MessageType], on_message=None):
+    def __init__(
+        self,
+        ctx: zmq.Context,
+        addresses: list[str],
+        topics: list[MessageType],
+        on_message=None,
+        security: Security | None = None,
+        server: str = "daemon",
+    ):
         self._ctx = ctx
         self._addresses = addresses
         self._topics = topics
         self._on_message = on_message
+        self._security, self._server = security, server  # server: whose public key to expect
         self._latest: dict[MessageType, Received] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -218,6 +230,7 @@ class LatestValueSubscriber:
         socket.setsockopt(zmq.MAXMSGSIZE, MAX_ARRAY_BYTES)
         for topic in self._topics:
             socket.setsockopt(zmq.SUBSCRIBE, str(topic).encode())
+        secure_client(socket, self._security, self._server)
         for address in self._addresses:
             socket.connect(address)
         poller = zmq.Poller()
@@ -250,7 +263,12 @@ class LatestValueSubscriber:
 
 
 def request(
-    ctx: zmq.Context, address: str, msg_type: MessageType, fields: Mapping[str, Any], timeout_s: float
+    ctx: zmq.Context,
+    address: str,
+    msg_type: MessageType,
+    fields: Mapping[str, Any],
+    timeout_s: float,
+    security: Security | None = None,
 ) -> Message:
     """One request/reply exchange (REQ socket), bounded in time: raises TimeoutError when no reply
     comes, ProtocolError when the reply is malformed."""
@@ -258,6 +276,7 @@ def request(
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES + MAX_ARRAY_BYTES)
     try:
+        secure_client(socket, security, server="daemon")  # requests go to the daemon's endpoint
         socket.connect(address)
         socket.send_multipart(encode(Message(msg_type, dict(fields), {}, 1, time.monotonic())))
         if not socket.poll(timeout=int(timeout_s * 1000)):

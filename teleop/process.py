@@ -33,10 +33,15 @@ def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) ->
     pedal = make_pedal(cfg.pedal or ConstantPedalConfig(pressed=False))
     ctx = zmq.Context.instance()
     new_observation = threading.Event()
+    security = cfg.wire.security("teleop")
     observations = LatestValueSubscriber(
-        ctx, [cfg.wire.daemon_events], [MessageType.OBSERVATION], on_message=lambda _: new_observation.set()
+        ctx,
+        [cfg.wire.daemon_events],
+        [MessageType.OBSERVATION],
+        on_message=lambda _: new_observation.set(),
+        security=security,
     )
-    publisher = Publisher(ctx, cfg.wire.teleop_state)
+    publisher = Publisher(ctx, cfg.wire.teleop_state, security)
     names = list(teleoperator.action_features)
     teleoperator.connect()
     pedal.connect()

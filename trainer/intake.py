@@ -19,6 +19,7 @@ import pandas as pd
 import zmq
 
 from flywheel.protocol import LatestValueSubscriber, MessageType
+from flywheel.security import Security
 
 
 def saved_episodes(dataset_root: Path) -> list[int]:
@@ -75,10 +76,14 @@ class EpisodeIntake:
         tmp.write_text(json.dumps(asdict(self.state), indent=1))
         os.replace(tmp, self.state_path)
 
-    def listen(self, ctx: zmq.Context, address: str) -> None:
+    def listen(self, ctx: zmq.Context, address: str, security: Security | None = None) -> None:
         """Wake up on the daemon's EPISODE_SAVED notifications."""
         self._subscriber = LatestValueSubscriber(
-            ctx, [address], [MessageType.EPISODE_SAVED], on_message=lambda _: self._news.set()
+            ctx,
+            [address],
+            [MessageType.EPISODE_SAVED],
+            on_message=lambda _: self._news.set(),
+            security=security,
         ).start()
 
     def wait(self, timeout_s: float) -> bool:

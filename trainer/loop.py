@@ -103,7 +103,7 @@ class Trainer:
         if cfg.once:
             self.iterate("nightly")
             return
-        self.intake.listen(self._ctx, cfg.wire.daemon_events)
+        self.intake.listen(self._ctx, cfg.wire.daemon_events, cfg.wire.security("trainer"))
         nightly_at = self._next_nightly()
         log.info(
             "trainer: %d episodes on disk, %d new; continuous every %d, nightly %s",
@@ -224,7 +224,12 @@ class Trainer:
         }
         try:
             reply = request(
-                self._ctx, self.cfg.wire.deploy, MessageType.DEPLOY, fields, self.cfg.deploy_timeout_s
+                self._ctx,
+                self.cfg.wire.deploy,
+                MessageType.DEPLOY,
+                fields,
+                self.cfg.deploy_timeout_s,
+                self.cfg.wire.security("trainer"),
             )
             log.info("deploy v%04d: %s", version, reply.fields)
         except TimeoutError as e:

@@ -95,7 +95,7 @@ class RolloutDaemon:
     # --- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> list[EpisodeResult]:
         cfg = self.cfg
-        self.events = Publisher(self._ctx, cfg.wire.daemon_events)
+        self.events = Publisher(self._ctx, cfg.wire.daemon_events, cfg.wire.security("daemon"))
         self.recorder = self._make_recorder()
         self.viz = self._make_viz()
         self.runner = PolicyRunner(
@@ -112,6 +112,7 @@ class RolloutDaemon:
             self._newest_observation,
             len(self.action_names),
             self._initial_deployment(),
+            security=cfg.wire.security("daemon"),
         )
         try:
             self.robot.connect()
@@ -153,7 +154,9 @@ class RolloutDaemon:
             if cfg.teleop is None or cfg.pedal is None:
                 raise ValueError("local_teleop: true needs --teleop.type and --pedal.type")
             return LocalTeleop(make_teleoperator_from_config(cfg.teleop), make_pedal(cfg.pedal))
-        return RemoteTeleop(self._ctx, cfg.wire.teleop_state, cfg.lockstep_timeout_ms / 1000)
+        return RemoteTeleop(
+            self._ctx, cfg.wire.teleop_state, cfg.lockstep_timeout_ms / 1000, cfg.wire.security("daemon")
+        )
 
     def _wait_for_subscribers(self) -> None:
         # PUB/SUB drops messages sent before a subscriber's connection completes ("slow joiner").

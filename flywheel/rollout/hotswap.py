@@ -23,6 +23,7 @@ from safetensors import safe_open
 
 from flywheel.policy_source import ChunkPolicy
 from flywheel.protocol import Message, MessageType, ProtocolError, decode, encode
+from flywheel.security import Security, secure_server
 from trainer.registry import WEIGHTS_FILE, sha256_file
 
 log = logging.getLogger(__name__)
@@ -103,8 +104,10 @@ class HotSwap:
         action_dim: int,
         current: Deployment | None,
         swap_wait_s: float = 10.0,
+        security: Security | None = None,
     ):
         self._ctx, self._address, self._load, self._observe = ctx, address, load, observe
+        self._security = security
         self._action_dim, self._swap_wait_s = action_dim, swap_wait_s
         self.history: list[Deployment] = [current] if current else []
         self._standby: tuple[ChunkPolicy, Deployment, bool] | None = None  # policy, what, is a rollback
@@ -142,6 +145,7 @@ class HotSwap:
         socket = self._ctx.socket(zmq.REP)
         socket.setsockopt(zmq.LINGER, 0)
         socket.setsockopt(zmq.MAXMSGSIZE, 1 << 20)
+        secure_server(socket, self._address, self._security)
         socket.bind(self._address)
         try:
             while not self._stop.is_set():

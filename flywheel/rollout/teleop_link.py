@@ -14,6 +14,7 @@ import zmq
 from lerobot.teleoperators.teleoperator import Teleoperator
 
 from flywheel.protocol import LatestValueSubscriber, MessageType
+from flywheel.security import Security
 from teleop.observation import ObservationView
 from teleop.pedals import EPISODE_KEYS, Pedal
 
@@ -52,8 +53,12 @@ class LocalTeleop:
 class RemoteTeleop:
     """The newest TELEOP_STATE from `flywheel teleop` (latest-value semantics)."""
 
-    def __init__(self, ctx: zmq.Context, address: str, lockstep_timeout_s: float):
-        self._sub = LatestValueSubscriber(ctx, [address], [MessageType.TELEOP_STATE])
+    def __init__(
+        self, ctx: zmq.Context, address: str, lockstep_timeout_s: float, security: Security | None = None
+    ):
+        self._sub = LatestValueSubscriber(
+            ctx, [address], [MessageType.TELEOP_STATE], security=security, server="teleop"
+        )
         self.lockstep_timeout_s = lockstep_timeout_s
         self.lockstep_timeouts = 0
 
