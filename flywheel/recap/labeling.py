@@ -67,6 +67,8 @@ class ValueTrainConfig:
     # A trained recap_value directory (meta/recap_value of an earlier labeling): skip training.
     path: Path | None = None
     preset: str = "tiny"  # tiny | vlm
+    # Feed the cameras (parquet-stored images) to V besides the state. Slower: a CNN per camera.
+    use_images: bool = False
     steps: int = 800  # per model
     batch_size: int = 256
     lr: float = 1e-3
@@ -164,10 +166,18 @@ def label_main(cfg: LabelConfig) -> int:
 
 
 def run_labeling(cfg: LabelConfig) -> Labels:
-    start = time.perf_counter()
+    threads = torch.get_num_threads()
     if cfg.value.torch_threads > 0:
         torch.set_num_threads(cfg.value.torch_threads)
-    source = load_source(cfg.dataset.root)  # validates before anything is written
+    try:
+        return _run_labeling(cfg)
+    finally:
+        torch.set_num_threads(threads)  # the caller (e.g. the trainer) keeps its own setting
+
+
+def _run_labeling(cfg: LabelConfig) -> Labels:
+    start = time.perf_counter()
+    source = load_source(cfg.dataset.root, cfg.value.use_images)  # validates before anything is written
     check_output_root(source.root, cfg.output.root, cfg.output.overwrite)
     with tempfile.TemporaryDirectory() as scratch:
         labels, extra_columns, extra_dirs = compute_labels(source, cfg, Path(scratch))
@@ -216,7 +226,8 @@ def forced_positive(source: Source, demos_positive: bool) -> np.ndarray:
 
 def recap_values(
     source: Source, cfg: LabelConfig, targets: np.ndarray, scratch: Path
-) -> tuple[np.ndarray, Path]:
+) -> tuple[np.ndarray, Path, list[float]]:
+    """V for every frame (cross-fitted, or from `value.path`), the saved model, its loss curve."""
     settings = FitSettings(
         steps=cfg.value.steps,
         batch_size=cfg.value.batch_size,
@@ -233,10 +244,9 @@ def recap_values(
         config.vlm.vision_path = cfg.value.vlm_vision_path
         config.vlm.language_path = cfg.value.vlm_language_path
         values, fitted = cross_fit_values(source, targets, cfg.value.cross_fit_folds, settings, config)
-        report_loss = fitted.losses
-        log.info("value loss %.3f -> %.3f", np.mean(report_loss[:20]), np.mean(report_loss[-20:]))
+        log.info("value loss %.3f -> %.3f", np.mean(fitted.losses[:20]), np.mean(fitted.losses[-20:]))
     save_value_model(fitted, model_dir)
-    return values, model_dir
+    return values, model_dir, fitted.losses
 
 
 def compute_labels(source: Source, cfg: LabelConfig, scratch: Path) -> tuple[Labels, dict, dict]:
@@ -244,6 +254,7 @@ def compute_labels(source: Source, cfg: LabelConfig, scratch: Path) -> tuple[Lab
     slices = episode_slices(source)
     extra_columns: dict[str, np.ndarray] = {}
     extra_dirs: dict[str, Path] = {}
+    losses: list[float] = []
     if cfg.advantage.estimator == "iql":
         settings = iql.IQLSettings(**asdict(cfg.iql), seed=cfg.value.seed)
         data = iql.make_transitions(source.frames.state, source.frames.action, rewards, slices)
@@ -251,7 +262,7 @@ def compute_labels(source: Source, cfg: LabelConfig, scratch: Path) -> tuple[Lab
         values, advantages = iql.iql_advantages(model, data)
         extra_columns["awr_weight"] = iql.awr_weights(advantages, settings.temperature, settings.max_weight)
     else:
-        values, extra_dirs[VALUE_DIR] = recap_values(source, cfg, returns, scratch)
+        values, extra_dirs[VALUE_DIR], losses = recap_values(source, cfg, returns, scratch)
         if cfg.advantage.mode == "mc":
             advantages = adv.mc_advantages(returns, values)
         else:
@@ -271,6 +282,8 @@ def compute_labels(source: Source, cfg: LabelConfig, scratch: Path) -> tuple[Lab
     labels = Labels(values, advantages, positive, forced, {}, pd.DataFrame())
     labels.summary = summary_table(source, labels)
     labels.report = build_report(source, cfg, labels, thresholds, returns)
+    if losses:  # cross-entropy of the saved model, first and last 20 steps
+        labels.report["value_loss"] = [float(np.mean(losses[:20])), float(np.mean(losses[-20:]))]
     return labels, extra_columns, extra_dirs
 
 

@@ -7,13 +7,15 @@ output is written.
 
 from __future__ import annotations
 
+import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+from PIL import Image
 
 from flywheel.dataset import INTERVENTION
 
@@ -50,6 +52,7 @@ class Frames:
     episode: np.ndarray  # (F,) position of the frame's episode in Episodes (0..E-1)
     frame_index: np.ndarray  # (F,)
     intervention: np.ndarray  # (F,) bool
+    images: dict[str, np.ndarray] = field(default_factory=dict)  # key -> (F, 3, H, W) uint8
 
     def __len__(self) -> int:
         return len(self.episode)
@@ -73,7 +76,12 @@ class Source:
         return np.where((episode_type == DATA_TYPE_IDS["intervention"]) & self.frames.intervention, 2, ids)
 
 
-def load_source(root: Path) -> Source:
+def camera_keys(info: dict) -> list[str]:
+    return sorted(k for k, ft in info["features"].items() if ft["dtype"] in ("image", "video"))
+
+
+def load_source(root: Path, with_images: bool = False) -> Source:
+    """`with_images` also decodes every camera frame (parquet-stored images only)."""
     root = Path(root)
     info_path = root / "meta" / "info.json"
     if not info_path.exists():
@@ -84,6 +92,8 @@ def load_source(root: Path) -> Source:
             raise LabelInputError(f"features.{key}: missing from {info_path} (episode: all)")
     episodes = _load_episodes(root)
     frames = _load_frames(root, episodes)
+    if with_images:
+        frames.images = {key: _load_images(root, info, key) for key in camera_keys(info)}
     return Source(root=root, info=info, episodes=episodes, frames=frames)
 
 
@@ -179,3 +189,19 @@ def _check_frames(table: pd.DataFrame, episodes: Episodes) -> None:
             f"data.episode_index: {len(table)} frames on disk but meta/episodes indexes "
             f"{int(episodes.length.sum())}; episode(s) {stray} have frames and no metadata"
         )
+
+
+def _load_images(root: Path, info: dict, key: str) -> np.ndarray:
+    if info["features"][key]["dtype"] == "video":
+        raise LabelInputError(f"features.{key}: video cameras are not supported for labeling from images")
+    parts = []
+    for path in sorted((root / "data").glob("*/*.parquet")):
+        table = pq.read_table(path, columns=[key, "index"]).to_pandas().sort_values("index")
+        parts += [_decode(cell) for cell in table[key]]
+    return np.stack(parts)
+
+
+def _decode(cell: dict) -> np.ndarray:
+    """An HF Image cell ({"bytes": PNG, "path": ...}) as (3, H, W) uint8."""
+    image = Image.open(io.BytesIO(cell["bytes"])).convert("RGB")
+    return np.asarray(image).transpose(2, 0, 1).copy()

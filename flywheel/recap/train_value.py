@@ -48,6 +48,8 @@ def dataset_stats(source: Source) -> dict[str, dict[str, torch.Tensor]]:
 def new_value_model(source: Source, config: RecapValueConfig | None = None) -> FittedValue:
     config = config or RecapValueConfig()
     config.input_features = {STATE: PolicyFeature(FeatureType.STATE, (source.frames.state.shape[1],))}
+    for key, images in source.frames.images.items():
+        config.input_features[key] = PolicyFeature(FeatureType.VISUAL, tuple(images.shape[1:]))
     config.device = config.device or "cpu"
     policy = RecapValuePolicy(config)
     preprocessor, _ = make_recap_value_pre_post_processors(config, dataset_stats(source))
@@ -78,8 +80,12 @@ def preprocess_all(fitted: FittedValue, source: Source, chunk: int = 8192) -> to
     return torch.cat(parts)
 
 
-def _batch(states: torch.Tensor, tasks: np.ndarray, idx: np.ndarray) -> dict:
-    return {STATE: states[idx], "task": list(tasks[idx])}
+def _batch(states: torch.Tensor, tasks: np.ndarray, idx: np.ndarray, source: Source) -> dict:
+    batch = {STATE: states[idx], "task": list(tasks[idx])}
+    # Cameras are kept as uint8 (4x smaller) and scaled to [0, 1] per batch, as LeRobot loads them.
+    for key, images in source.frames.images.items():
+        batch[key] = torch.from_numpy(images[idx]).float() / 255.0
+    return batch
 
 
 def fit(
@@ -99,7 +105,7 @@ def fit(
     optimizer = torch.optim.AdamW(policy.parameters(), lr=settings.lr, weight_decay=1e-4)
     for _ in tqdm(range(settings.steps), desc=f"train {desc}", unit="step", leave=False):
         idx = rng.choice(frames, size=min(settings.batch_size, len(frames)))
-        batch = _batch(states, tasks, idx)
+        batch = _batch(states, tasks, idx, source)
         batch[TARGET_KEY] = torch.from_numpy(targets[idx]).float()
         loss, _ = policy.forward(batch)
         optimizer.zero_grad(set_to_none=True)
@@ -118,7 +124,7 @@ def predict(fitted: FittedValue, source: Source, frames: np.ndarray, batch_size:
     fitted.policy.eval()
     for lo in tqdm(range(0, len(frames), batch_size), desc="value inference", unit="batch", leave=False):
         idx = frames[lo : lo + batch_size]
-        out[lo : lo + len(idx)] = fitted.policy.predict_value(_batch(states, tasks, idx)).numpy()
+        out[lo : lo + len(idx)] = fitted.policy.predict_value(_batch(states, tasks, idx, source)).numpy()
     return out
 
 
@@ -143,6 +149,15 @@ def cross_fit_values(
     folds > 1 the first fold's model ((K-1)/K of the episodes; a K+1-th fit would cost as much
     again for a model the labels do not use)."""
     all_frames = np.arange(len(source.frames))
+    if folds > len(source.episodes):
+        # Every fold needs an episode to hold out and the rest to train on.
+        log.warning(
+            "value.cross_fit_folds=%d > %d episodes: using %d",
+            folds,
+            len(source.episodes),
+            len(source.episodes),
+        )
+        folds = len(source.episodes)
     if folds <= 1:
         full = fit(new_value_model(source, config), source, targets, all_frames, settings, "value")
         return predict(full, source, all_frames, settings.infer_batch_size), full
