@@ -105,6 +105,8 @@ class RolloutConfig:
     task: str | None = None
     # During an intervention, hold position when the newest teleop state is older than this.
     teleop_timeout_ms: float = 100.0
+    # Wait this long for the teleop process before the first episode (then start without takeovers).
+    teleop_wait_s: float = 60.0
     # In lockstep (fps=0), how long to wait for the teleop process's answer to each observation.
     lockstep_timeout_ms: float = 2000.0
     # Print a cadence report (tick lateness percentiles) at the end of each episode.

@@ -2,7 +2,8 @@
 
 The preset's flags come first, so flags given after it on the command line override them. Only the
 preset's keys that the command has are used (`flywheel teleop --robot sim` takes its teleop and
-pedal, not its robot).
+pedal, not its robot), and a section given another type on the command line drops the preset's
+fields for it.
 """
 
 from __future__ import annotations
@@ -68,4 +69,8 @@ def expand(argv: list[str], config_class: type) -> list[str]:
             continue
         preset = {k: v for k, v in load_preset(name).items() if k in fields}
         preset_args += flatten(preset)
+    # A section whose type the command line changes (--pedal.type=keyboard) takes none of the
+    # preset's fields for it: they belong to the preset's type.
+    retyped = {a.split("=", 1)[0].removesuffix(".type") for a in out if a.split("=", 1)[0].endswith(".type")}
+    preset_args = [a for a in preset_args if a.split("=", 1)[0].rsplit(".", 1)[0] not in retyped]
     return preset_args + out

@@ -2,4 +2,4 @@
 
 from lerobot.teleoperators import koch_leader, so_leader  # noqa: F401  (registers so100_leader, koch_leader)
 
-from teleop import pedals, sim_operator  # noqa: F401  (registers the teleoperator and pedal types)
+from teleop import pedal_devices, pedals, sim_operator  # noqa: F401  (registers teleoperator and pedal types)

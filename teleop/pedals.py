@@ -72,6 +72,28 @@ class ConstantPedal(Pedal):
         return self.reading
 
 
+@PedalConfig.register_subclass("schedule")
+@dataclass
+class ScheduledPedalConfig(PedalConfig):
+    """Down on fixed frames of every episode: scripted takeovers (tests, demos, hardware checks)."""
+
+    # [start, end) frame ranges, e.g. [[10, 40]].
+    down: list[list[int]] = field(default_factory=lambda: [[10, 40]])
+
+    def __post_init__(self):
+        for span in self.down:
+            if len(span) != 2 or not 0 <= span[0] <= span[1]:
+                raise ValueError(f"pedal.down: {span} is not a [start, end) frame range")
+
+
+class ScheduledPedal(Pedal):
+    def __init__(self, config: ScheduledPedalConfig):
+        self.spans = [range(a, b) for a, b in config.down]
+
+    def read(self, view: ObservationView | None) -> PedalReading:
+        return PedalReading(pressed=view is not None and any(view.frame in span for span in self.spans))
+
+
 @PedalConfig.register_subclass("sim")
 @dataclass
 class SimPedalConfig(PedalConfig):
@@ -227,10 +249,15 @@ class KeyboardPedal(Pedal):
 
 
 def make_pedal(config: PedalConfig) -> Pedal:
+    from teleop.pedal_devices import EvdevPedal, EvdevPedalConfig, JoystickPedal, JoystickPedalConfig
+
     pedals = {
         ConstantPedalConfig: ConstantPedal,
+        ScheduledPedalConfig: ScheduledPedal,
         SimPedalConfig: SimPedal,
         KeyboardPedalConfig: KeyboardPedal,
+        EvdevPedalConfig: EvdevPedal,
+        JoystickPedalConfig: JoystickPedal,
     }
     if type(config) not in pedals:
         raise ValueError(f"pedal.type: no pedal for {config.type!r}")

@@ -18,9 +18,11 @@ from flywheel.configs import (
     PolicySourceConfig,
     RecordConfig,
     RolloutConfig,
+    RunConfig,
     TeleopProcessConfig,
     WireConfig,
 )
+from flywheel.rollout.safety import SafetyConfig
 from robots.sim import SimArmConfig
 from teleop.pedals import ConstantPedalConfig, KeyboardPedalConfig, SimPedalConfig
 from teleop.sim_operator import SimOperatorConfig
@@ -235,8 +237,9 @@ OWN_SECTIONS = {
     "ConstantPedalConfig ['pedal']": (ConstantPedalConfig, "pedal."),
     "SimPedalConfig ['pedal']": (SimPedalConfig, "pedal."),
     "KeyboardPedalConfig ['pedal']": (KeyboardPedalConfig, "pedal."),
+    "SafetyConfig ['safety']": (SafetyConfig, "safety."),
 }
-NESTED = {"robot", "policy", "dataset", "wire", "teleop", "pedal"}
+NESTED = {"robot", "policy", "dataset", "wire", "teleop", "pedal", "safety", "rerun"}
 
 
 def _own_options():
@@ -326,3 +329,10 @@ def test_bare_boolean_flags_mean_true():
     assert _bare_flags_true(["--local_teleop", "--fps=3"]) == ["--local_teleop=true", "--fps=3"]
     # A flag followed by its value, and --help, are left alone.
     assert _bare_flags_true(["--robot", "sim", "--help"]) == ["--robot", "sim", "--help"]
+
+
+def test_retyping_a_section_drops_the_presets_fields_for_it():
+    args = presets.expand(["--robot", "so100", "--pedal.type=keyboard"], RunConfig)
+    assert not any(a.startswith("--pedal.") and a != "--pedal.type=keyboard" for a in args)
+    cfg = draccus.parse(RunConfig, args=args)
+    assert cfg.pedal.type == "keyboard" and cfg.robot.port == "/dev/ttyACM0"

@@ -159,9 +159,19 @@ class RolloutDaemon:
         )
 
     def _wait_for_subscribers(self) -> None:
-        # PUB/SUB drops messages sent before a subscriber's connection completes ("slow joiner").
-        if isinstance(self.link, RemoteTeleop):
-            time.sleep(0.3)
+        """Start the first episode only once the teleop process is heard: before that, nobody
+        could take over. (PUB/SUB also drops what is sent before a connection completes.)"""
+        if not isinstance(self.link, RemoteTeleop):
+            return
+        deadline = time.monotonic() + self.cfg.teleop_wait_s
+        log.info("waiting for the teleop process on %s", self.cfg.wire.teleop_state)
+        while not self.link.heard() and time.monotonic() < deadline and not self._stop_requested:
+            time.sleep(0.05)
+        if not self.link.heard():
+            log.warning(
+                "no teleop process heard after %.0f s: starting without takeovers", self.cfg.teleop_wait_s
+            )
+        time.sleep(0.3)  # the teleop process's own subscription to our observations
 
     def _make_recorder(self) -> Recorder | NullRecorder:
         cfg = self.cfg

@@ -69,6 +69,9 @@ class RemoteTeleop:
     def start(self) -> None:
         self._sub.start()
 
+    def heard(self) -> bool:
+        return self._sub.latest(MessageType.TELEOP_STATE) is not None
+
     def poll(self, view: ObservationView, wait: bool) -> TeleopSnapshot:
         received = self._sub.latest(MessageType.TELEOP_STATE)
         answered = True

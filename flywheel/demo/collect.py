@@ -1,0 +1,165 @@
+"""Data for the demo, recorded by the real rollout daemon in lockstep, in this process.
+
+Three kinds of episodes, as on a real arm: operator-only demonstrations (`data_type=demo`), and
+policy runs where the simulated good operator takes over with the simulated pedal when the arm
+stalls or drifts (`auto` / `intervention`). New policy versions reach the daemon the way the
+trainer sends them: a DEPLOY request on the daemon's ZeroMQ endpoint (inproc://, no TCP port),
+validated and swapped in between two ticks.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
+from flywheel.protocol import MessageType, request
+from flywheel.rollout.daemon import EpisodeResult, RolloutDaemon
+from flywheel.rollout.teleop_link import LocalTeleop
+from robots.sim import SimArmConfig
+from teleop.pedals import ConstantPedal, ConstantPedalConfig, SimPedal, SimPedalConfig
+from teleop.sim_operator import SimOperator, SimOperatorConfig
+from trainer.registry import ModelRegistry
+
+BAD_SKILLS = ("slow", "drift", "burst", "noisy")
+REPO_ID = "local/flywheel-demo"
+
+
+@dataclass
+class Collected:
+    episodes: int
+    frames: int
+    successes: int
+    intervention_frames: int
+    deploy_reply: dict | None = None  # the daemon's answer to the DEPLOY request, when one was sent
+
+    @property
+    def intervention_rate(self) -> float:
+        return self.intervention_frames / self.frames if self.frames else float("nan")
+
+
+def _summarize(results: list[EpisodeResult], reply: dict | None = None) -> Collected:
+    kept = [r for r in results if r.data_type is not None]
+    return Collected(
+        episodes=len(kept),
+        frames=sum(r.frames for r in kept),
+        successes=sum(r.success for r in kept),
+        intervention_frames=sum(r.intervention_frames for r in kept),
+        deploy_reply=reply,
+    )
+
+
+def _rollout_config(
+    root: Path,
+    task: str,
+    first_seed: int,
+    episodes: int,
+    horizon: int,
+    policy: PolicySourceConfig,
+    skill: str,
+) -> RolloutConfig:
+    tag = uuid.uuid4().hex[:8]
+    return RolloutConfig(
+        robot=SimArmConfig(task=task, seed=first_seed),
+        # The operator's name (sim_operator:<skill>) is recorded per episode: the label-quality truth.
+        teleop=SimOperatorConfig(skill=skill),
+        policy=policy,
+        dataset=DatasetConfig(root=root, repo_id=REPO_ID),
+        wire=WireConfig(
+            daemon_events=f"inproc://demo-events-{tag}",
+            teleop_state=f"inproc://demo-teleop-{tag}",
+            deploy=f"inproc://demo-deploy-{tag}",
+        ),
+        episodes=episodes,
+        fps=0,  # lockstep: as fast as the sim goes, and repeatable
+        episode_time_s=horizon / 30,
+        report_cadence=False,
+    )
+
+
+def record_demos(
+    root: Path, task: str, skill: str, first_seed: int, episodes: int, horizon: int, seed: int
+) -> Collected:
+    """Operator-only demonstrations: the pedal is held down for the whole episode."""
+    policy = PolicySourceConfig(baseline="hold", version=0)  # version 0: the operator drove (data_type demo)
+    cfg = _rollout_config(root, task, first_seed, episodes, horizon, policy, skill)
+    link = LocalTeleop(
+        SimOperator(SimOperatorConfig(skill=skill, seed=seed)),
+        ConstantPedal(ConstantPedalConfig(pressed=True)),
+    )
+    return _summarize(RolloutDaemon(cfg, link=link).run())
+
+
+def _takeover_link(seed: int) -> LocalTeleop:
+    operator = SimOperator(SimOperatorConfig(skill="good", seed=seed))
+    return LocalTeleop(operator, SimPedal(SimPedalConfig(seed=seed)))
+
+
+def random_policy_takeovers(
+    root: Path, task: str, first_seed: int, episodes: int, horizon: int, seed: int
+) -> Collected:
+    """A drifting random policy, corrected by the good operator (the first intervention data)."""
+    policy = PolicySourceConfig(baseline="random", seed=seed)
+    cfg = _rollout_config(root, task, first_seed, episodes, horizon, policy, "good")
+    return _summarize(RolloutDaemon(cfg, link=_takeover_link(seed)).run())
+
+
+class _GatedTeleop(LocalTeleop):
+    """Holds the daemon before its first tick until the deployed version is validated and waiting,
+    so every recorded frame is acted on by the new version (the swap happens at tick 0)."""
+
+    def __init__(self, link: LocalTeleop, daemon_ref: list[RolloutDaemon], timeout_s: float = 120.0):
+        super().__init__(link.teleoperator, link.pedal)
+        self._daemon_ref, self._timeout_s = daemon_ref, timeout_s
+
+    def start(self) -> None:
+        super().start()
+        hotswap = self._daemon_ref[0].hotswap
+        deadline = time.monotonic() + self._timeout_s
+        # The daemon's hot-swap thread fills its standby slot once the candidate passed validation.
+        while hotswap._standby is None and hotswap.rejected == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def deployed_rollouts(
+    root: Path,
+    task: str,
+    first_seed: int,
+    episodes: int,
+    horizon: int,
+    seed: int,
+    registry: ModelRegistry,
+    version: int,
+    acting: int | None,
+) -> Collected:
+    """Rollouts of registry `version`, hot-swapped over ZeroMQ into a daemon acting with `acting`
+    (None: holding still), the good operator taking over when the arm stalls or drifts."""
+    policy = (
+        PolicySourceConfig(path=registry.path(acting))
+        if acting is not None
+        else PolicySourceConfig(baseline="hold")
+    )
+    cfg = _rollout_config(root, task, first_seed, episodes, horizon, policy, "good")
+    daemon_ref: list[RolloutDaemon] = []
+    daemon = RolloutDaemon(cfg, link=_GatedTeleop(_takeover_link(seed), daemon_ref))
+    daemon_ref.append(daemon)
+    results: list[EpisodeResult] = []
+    worker = threading.Thread(target=lambda: results.extend(daemon.run()), name="demo-daemon")
+    worker.start()
+    fields = {
+        "version": version,
+        "path": str(registry.path(version).resolve()),
+        "sha256": registry.manifest(version).sha256,
+    }
+    try:
+        reply = request(zmq.Context.instance(), cfg.wire.deploy, MessageType.DEPLOY, fields, 120.0).fields
+    finally:
+        worker.join()
+    if reply.get("status") != "swapped":
+        raise RuntimeError(f"deploy v{version:04d} into the daemon: {reply}")
+    return _summarize(results, reply)

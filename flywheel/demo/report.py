@@ -1,0 +1,466 @@
+"""The demo's evidence: the summary table (mean and 95% interval over seeds), report.md, figures,
+and a Rerun recording of the last iteration's labeled episodes."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+log = logging.getLogger(__name__)
+
+ALL_TASKS = "all"
+COLORS = {
+    "sft": "black",
+    "sft_all": "tab:gray",
+    "filtered_sft": "tab:orange",
+    "awr": "tab:purple",
+    "recap": "tab:blue",
+    "recap_cfg": "tab:cyan",
+    "good_only": "tab:green",
+}
+METHOD_TEXT = {
+    "sft": "SFT on the initial data (iteration 0, every method starts here)",
+    "sft_all": "(a) SFT on all data",
+    "filtered_sft": "(b) filtered SFT (successful episodes + interventions)",
+    "awr": "(c) IQL/AWR weighting",
+    "recap": "(d) RECAP advantage conditioning",
+    "recap_cfg": "(d) RECAP + CFG",
+    "good_only": "(e) good operator's demos only (ceiling)",
+}
+
+
+# --- numbers -------------------------------------------------------------------------------------
+def interval(values: list[float]) -> tuple[float, float | None, float | None]:
+    """Mean and Student-t 95% interval over seeds (None with fewer than two values)."""
+    x = np.asarray(values, dtype=float)
+    mean = float(x.mean())
+    if len(x) < 2:
+        return mean, None, None
+    half = float(stats.t.ppf(0.975, len(x) - 1) * x.std(ddof=1) / np.sqrt(len(x)))
+    return mean, mean - half, mean + half
+
+
+def _per_seed(evaluations: list[dict]) -> dict[tuple, dict]:
+    """(iteration, method, task, seed) -> metrics, with task 'all' = mean over the tasks."""
+    table: dict[tuple, dict] = {}
+    grouped: dict[tuple, list[dict]] = defaultdict(list)
+    for row in evaluations:
+        table[(row["iteration"], row["method"], row["task"], row["seed"])] = row
+        grouped[(row["iteration"], row["method"], row["seed"])].append(row)
+    for (iteration, method, seed), rows in grouped.items():
+        to_success = [r["mean_steps_to_success"] for r in rows if r["mean_steps_to_success"] is not None]
+        table[(iteration, method, ALL_TASKS, seed)] = {
+            "success_rate": float(np.mean([r["success_rate"] for r in rows])),
+            "mean_steps": float(np.mean([r["mean_steps"] for r in rows])),
+            "mean_steps_to_success": float(np.mean(to_success)) if to_success else None,
+        }
+    return table
+
+
+def _intervention_rates(rollouts: list[dict]) -> dict[tuple, list[float]]:
+    """(iteration, method, task) -> per-seed intervention rates (frames the operator drove)."""
+    frames: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
+    for row in rollouts:
+        for task in (row["task"], ALL_TASKS):
+            key = (row["iteration"], row["method"], task, row["seed"])
+            frames[key][0] += row["intervention_frames"]
+            frames[key][1] += row["frames"]
+    rates: dict[tuple, list[float]] = defaultdict(list)
+    for (iteration, method, task, _seed), (inter, total) in sorted(frames.items(), key=str):
+        if total:
+            rates[(iteration, method, task)].append(inter / total)
+    return rates
+
+
+def summarize(evaluations: list[dict], rollouts: list[dict]) -> list[dict]:
+    """One row per (iteration, method, task): mean and 95% interval over seeds."""
+    table = _per_seed(evaluations)
+    rates = _intervention_rates(rollouts)
+    order = list(COLORS)  # sft, then the methods in the order of the issue
+    keys = sorted({k[:3] for k in table}, key=lambda k: (k[0], order.index(k[1]), k[2] != ALL_TASKS, k[2]))
+    rows = []
+    for iteration, method, task in keys:
+        seeds = sorted((k[3] for k in table if k[:3] == (iteration, method, task)), key=str)
+        cells = [table[(iteration, method, task, s)] for s in seeds]
+        success = interval([c["success_rate"] for c in cells])
+        steps = interval([c["mean_steps"] for c in cells])
+        to_success = [c["mean_steps_to_success"] for c in cells if c["mean_steps_to_success"] is not None]
+        rate = rates.get((iteration, method, task))
+        rows.append(
+            {
+                "iteration": iteration,
+                "method": method,
+                "task": task,
+                "seeds": [s for s in seeds],
+                "success_per_seed": [c["success_rate"] for c in cells],
+                "success_mean": success[0],
+                "success_ci95": [success[1], success[2]],
+                "mean_steps_mean": steps[0],
+                "mean_steps_ci95": [steps[1], steps[2]],
+                "steps_to_success_mean": float(np.mean(to_success)) if to_success else None,
+                "intervention_rate_mean": float(np.mean(rate)) if rate else None,
+            }
+        )
+    return rows
+
+
+# --- report --------------------------------------------------------------------------------------
+def write_report(results: dict, out: Path, figures_too: bool = True) -> tuple[list[str], str | None]:
+    """report.md (and, unless figures_too is False, the figures and demo.rrd): their names."""
+    if not figures_too:
+        names, rerun = results["figures"], results["rerun"]
+    else:
+        figures = out / "figures"
+        figures.mkdir(exist_ok=True)
+        names = plot_metrics(results, figures)
+        labels_file = out / "labels_last.npz"
+        if labels_file.exists():
+            arrays = dict(np.load(labels_file, allow_pickle=False))
+            names += plot_value_curves(arrays, figures / "value_curves.png")
+            names += plot_advantage_histograms(arrays, figures / "advantage_histograms.png")
+        rerun = write_rerun(results, out)
+    (out / "report.md").write_text(markdown(results, names, rerun))
+    return names, rerun
+
+
+def _fmt(value: float | None, digits: int = 2) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _ci(pair: list) -> str:
+    return "–" if pair[0] is None else f"[{pair[0]:.2f}, {pair[1]:.2f}]"
+
+
+def rows_of(results: dict, task: str, iteration: int | None = None) -> list[dict]:
+    return [
+        r
+        for r in results["summary"]
+        if r["task"] == task and (iteration is None or r["iteration"] == iteration)
+    ]
+
+
+def results_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| iteration | method | success (mean) | 95% interval | per seed | steps to success "
+        "| steps (failures = horizon) | intervention rate |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        per_seed = " ".join(f"{s:.2f}" for s in r["success_per_seed"])
+        lines.append(
+            f"| {r['iteration']} | {r['method']} | {r['success_mean']:.2f} | {_ci(r['success_ci95'])} "
+            f"| {per_seed} | {_fmt(r['steps_to_success_mean'], 1)} "
+            f"| {r['mean_steps_mean']:.1f} {_ci(r['mean_steps_ci95'])} "
+            f"| {_fmt(r['intervention_rate_mean'])} |"
+        )
+    return lines
+
+
+def verdicts(results: dict) -> list[str]:
+    """RECAP against every other method on the last iteration, all tasks: plain sentences."""
+    last = max((r["iteration"] for r in results["summary"]), default=0)
+    rows = {r["method"]: r for r in rows_of(results, ALL_TASKS, last)}
+    if "recap" not in rows:
+        return ["RECAP was not run."]
+    recap = rows["recap"]
+    lines = []
+    for method, other in rows.items():
+        if method == "recap":
+            continue
+        diff = recap["success_mean"] - other["success_mean"]
+        lo, hi = other["success_ci95"]
+        overlap = (
+            recap["success_ci95"][0] is None
+            or lo is None
+            or not (recap["success_ci95"][0] > hi or recap["success_ci95"][1] < lo)
+        )
+        if abs(diff) < 0.005:
+            gap = f"level with {method}"
+        else:
+            gap = f"{abs(diff) * 100:.0f} points of success {'above' if diff > 0 else 'below'} {method}"
+        sure = " (the 95% intervals overlap: not a reliable difference)" if overlap else ""
+        lines.append(
+            f"- RECAP is {gap} "
+            f"({recap['success_mean']:.2f} vs {other['success_mean']:.2f}){sure}; "
+            f"steps {recap['mean_steps_mean']:.1f} vs {other['mean_steps_mean']:.1f}."
+        )
+    return lines
+
+
+def markdown(results: dict, figures: list[str], rerun: str | None) -> str:
+    cfg = results["config"]
+    last = max((r["iteration"] for r in results["summary"]), default=0)
+    lines = [
+        "# flywheel demo: report",
+        "",
+        f"Tasks {', '.join(cfg['tasks'])}; {cfg['seeds']} seeds; {cfg['iterations']} RECAP iteration(s); "
+        f"{cfg['eval_episodes']} held-out scenes per task; horizon {cfg['horizon']}; "
+        f"{cfg['method_steps']} training steps per method (batch {cfg['batch_size']}) from a shared "
+        f"{cfg['sft_steps']}-step SFT. Quick: {cfg['quick']}.",
+        f"Wall time {results['wall_time_s']:.0f} s on {results['cpu_count']} CPUs "
+        f"(load average at the end {', '.join(f'{x:.1f}' for x in results['load_average'])}).",
+        "",
+        "Success and steps are means over seeds of each seed's rate on the held-out scenes; the 95% "
+        "interval is Student's t over seeds. Steps count failures as the horizon (lower is better). "
+        "The intervention rate is the share of frames the simulated operator drove in the rollouts "
+        "of the deployed policy (RECAP without CFG; the baselines are not deployed).",
+        "",
+        f"## Last iteration ({last}), all tasks",
+        "",
+        *results_table(rows_of(results, ALL_TASKS, last)),
+        "",
+        "### RECAP against the others",
+        "",
+        *verdicts(results),
+        "",
+        "## Every iteration and task",
+        "",
+    ]
+    for task in [ALL_TASKS, *cfg["tasks"]]:
+        lines += [f"### {task}", "", *results_table(rows_of(results, task)), ""]
+    lines += ["## Labels (value function, advantages)", "", *label_lines(results), ""]
+    lines += ["## Methods", ""] + [f"- `{m}`: {t}" for m, t in METHOD_TEXT.items()] + [""]
+    lines += ["## Hot-swaps", "", *hotswap_lines(results), ""]
+    lines += ["## Figures", ""] + [f"![{name}](figures/{name})" for name in figures] + [""]
+    lines += ["## Time per stage (s)", ""] + [f"- {k}: {v:.0f}" for k, v in results["timings_s"].items()]
+    lines += ["", f"Rerun recording: `{rerun}`" if rerun else "Rerun recording: not written.", ""]
+    return "\n".join(lines)
+
+
+def label_lines(results: dict) -> list[str]:
+    lines = [
+        "| seed | iteration | estimator | AUC (good vs bad demo frames) | good frames positive "
+        "| bad frames positive | value MAE |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in results["labels"]:
+        q = row.get("label_quality") or {}
+        lines.append(
+            f"| {row['seed']} | {row['iteration']} | {row['estimator']} | {_fmt(q.get('auc'))} "
+            f"| {_fmt(q.get('good_positive'))} | {_fmt(q.get('bad_positive'))} "
+            f"| {_fmt(row.get('value_mae_vs_mc_return'), 3)} |"
+        )
+    return lines
+
+
+def hotswap_lines(results: dict) -> list[str]:
+    swaps = results["hotswaps"]
+    ok = sum(s.get("status") == "swapped" for s in swaps)
+    return [
+        f"{ok} of {len(swaps)} DEPLOY requests were validated and swapped in by the rollout daemon "
+        "(inproc:// ZeroMQ, one per task and iteration, before the first tick of the rollouts)."
+    ]
+
+
+# --- figures -------------------------------------------------------------------------------------
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_metrics(results: dict, folder: Path) -> list[str]:
+    """success.png and throughput.png: per iteration and method, mean and 95% interval, per task."""
+    plt = _pyplot()
+    tasks = [ALL_TASKS, *results["config"]["tasks"]]
+    names = []
+    for metric, ylabel, name in (
+        ("success", "success rate (held-out scenes)", "success.png"),
+        ("mean_steps", "steps per episode (failures = horizon)", "throughput.png"),
+    ):
+        fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False)
+        for ax, task in zip(axes[0], tasks, strict=True):
+            _plot_task(ax, rows_of(results, task), metric)
+            ax.set_title(task)
+            ax.set_xlabel("iteration")
+            ax.set_xticks(range(results["config"]["iterations"] + 1))
+            ax.set_ylabel(ylabel)
+        axes[0][-1].legend(fontsize=7, loc="best")
+        fig.tight_layout()
+        fig.savefig(folder / name, dpi=110)
+        plt.close(fig)
+        names.append(name)
+    return names
+
+
+def _plot_task(ax, rows: list[dict], metric: str) -> None:
+    methods = sorted({r["method"] for r in rows}, key=list(COLORS).index)
+    for offset, method in enumerate(methods):
+        mine = sorted((r for r in rows if r["method"] in (method, "sft")), key=lambda r: r["iteration"])
+        if method == "sft":
+            continue
+        x = np.array([r["iteration"] for r in mine], dtype=float) + 0.04 * (offset - len(methods) / 2)
+        y = np.array([r[f"{metric}_mean"] for r in mine])
+        lo = np.array(
+            [
+                r[f"{metric}_ci95"][0] if r[f"{metric}_ci95"][0] is not None else m
+                for r, m in zip(mine, y, strict=True)
+            ]
+        )
+        hi = np.array(
+            [
+                r[f"{metric}_ci95"][1] if r[f"{metric}_ci95"][1] is not None else m
+                for r, m in zip(mine, y, strict=True)
+            ]
+        )
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=3, color=COLORS[method], label=method)
+    ax.grid(alpha=0.3)
+
+
+def plot_value_curves(arrays: dict, path: Path, per_kind: int = 2) -> list[str]:
+    """V(o_t) of a few episodes (takeover runs and demos), operator spans shaded."""
+    plt = _pyplot()
+    episodes = _pick_episodes(arrays, per_kind)
+    if not episodes:
+        return []
+    fig, axes = plt.subplots(len(episodes), 1, figsize=(8, 2.0 * len(episodes)), squeeze=False)
+    for ax, (e, why) in zip(axes[:, 0], episodes, strict=True):
+        rows = arrays["episode"] == e
+        t = arrays["frame_index"][rows]
+        ax.plot(t, arrays["values"][rows], color="tab:blue", label="V(o_t)")
+        ax.plot(t, arrays["advantages"][rows], color="tab:gray", lw=0.8, label="advantage")
+        for start, stop in _spans(arrays["intervention"][rows] & (arrays["frame_type"][rows] == 2)):
+            ax.axvspan(t[start], t[stop - 1], color="tab:orange", alpha=0.25)
+        positive = arrays["positive"][rows]
+        ax.scatter(t[positive], arrays["values"][rows][positive], s=4, color="tab:green", label="positive")
+        success = "success" if arrays["episode_success"][e] else "failure"
+        ax.set_title(f"episode {e}: {arrays['episode_task'][e]}, {why}, {success}", fontsize=8)
+        ax.set_ylim(-1.05, 0.35)
+    axes[0, 0].legend(fontsize=7, loc="upper left")
+    axes[-1, 0].set_xlabel("frame (orange: the operator's takeover)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
+def _pick_episodes(arrays: dict, per_kind: int) -> list[tuple[int, str]]:
+    types, quality = arrays["episode_data_type"], arrays["quality"]
+    first_quality = {int(e): q for e, q in zip(arrays["episode"], quality, strict=True)}
+    picked = [
+        (int(e), "policy run with takeovers") for e in np.flatnonzero(types == "intervention")[-per_kind:]
+    ]
+    for kind in ("good", "bad"):
+        demos = [e for e in np.flatnonzero(types == "demo") if first_quality.get(int(e)) == kind]
+        picked += [(int(e), f"{kind} operator demo") for e in demos[:1]]
+    return picked
+
+
+def _spans(mask: np.ndarray) -> list[tuple[int, int]]:
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1).tolist(), np.flatnonzero(edges == -1).tolist(), strict=True))
+
+
+def plot_advantage_histograms(arrays: dict, path: Path) -> list[str]:
+    """Advantages by data type (demo / auto / intervention) and by the demo operator's quality."""
+    plt = _pyplot()
+    adv = arrays["advantages"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6))
+    bins = np.linspace(np.percentile(adv, 0.5), np.percentile(adv, 99.5), 40)
+    for type_id, name in enumerate(("demo", "auto", "intervention")):
+        chosen = arrays["frame_type"] == type_id
+        if chosen.any():
+            left.hist(adv[chosen], bins=bins, alpha=0.5, density=True, label=f"{name} ({chosen.sum()})")
+    left.set_title("advantage by data type")
+    for name, color in (("good", "tab:green"), ("bad", "tab:red")):
+        chosen = arrays["quality"] == name
+        if chosen.any():
+            right.hist(
+                adv[chosen],
+                bins=bins,
+                alpha=0.5,
+                density=True,
+                color=color,
+                label=f"{name} operator demos ({chosen.sum()})",
+            )
+    right.set_title("advantage by operator quality (demo frames)")
+    for ax in (left, right):
+        ax.set_xlabel("advantage")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
+# --- Rerun ---------------------------------------------------------------------------------------
+def write_rerun(results: dict, out: Path, episodes: int = 6) -> str | None:
+    """demo.rrd: the last iteration's labeled dataset of seed 0 (its newest episodes) replayed with
+    values, advantages and takeover spans, through flywheel.viz."""
+    cfg = results["config"]
+    labeled = out / "seed0" / f"iter{cfg['iterations']}" / "labeled"
+    if not cfg.get("rerun") or not labeled.exists():
+        return None
+    try:
+        import rerun as rr
+
+        from flywheel.viz.replay import read_episodes, read_layout, replay_dataset
+    except ImportError as e:  # flywheel.viz is a colleague's package: the demo works without it
+        log.warning("no Rerun recording: %s", e)
+        return None
+    stream = rr.RecordingStream("flywheel-demo")
+    path = out / "demo.rrd"
+    stream.save(str(path))
+    total = len(read_episodes(labeled))
+    replay_dataset(stream, read_layout(labeled), episodes=list(range(max(0, total - episodes), total)))
+    stream.flush()
+    return str(path)
+
+
+def load_results(out: Path) -> dict:
+    return json.loads((out / "results.json").read_text())
+
+
+# --- self-check ----------------------------------------------------------------------------------
+def check_results(results: dict, out: Path) -> list[str]:
+    """Internal consistency of a finished run: what is wrong, or [] (the test of --quick uses it)."""
+    problems = [
+        f"evaluation {i}: {p}" for i, row in enumerate(results["evaluations"]) for p in _check_eval(row)
+    ]
+    if results["summary"] != summarize(results["evaluations"], results["rollouts"]):
+        problems.append("summary: differs from the summary recomputed from the evaluations")
+    seeds = list(range(results["config"]["seeds"]))
+    for row in results["summary"]:
+        expected = [None] if row["method"] == "sft" else seeds
+        if row["seeds"] != expected:
+            problems.append(
+                f"summary {row['method']}/{row['task']}: seeds {row['seeds']}, expected {expected}"
+            )
+    for row in results["rollouts"]:
+        if not 0 <= row["intervention_frames"] <= row["frames"]:
+            problems.append(f"rollouts: {row['intervention_frames']} of {row['frames']} frames")
+    report = (out / "report.md").read_text() if (out / "report.md").exists() else ""
+    if not report:
+        problems.append("report.md: missing")
+    for name in results.get("figures") or []:
+        if not (out / "figures" / name).exists():
+            problems.append(f"figures/{name}: missing")
+    for row in rows_of(results, ALL_TASKS):
+        if f"| {row['iteration']} | {row['method']} | {row['success_mean']:.2f} |" not in report:
+            problems.append(f"report.md: no row for {row['method']} at iteration {row['iteration']}")
+    return problems
+
+
+def _check_eval(row: dict) -> list[str]:
+    success, steps, horizon = row["success_rate"], row["mean_steps"], row["horizon"]
+    to_success = row["mean_steps_to_success"]
+    problems = []
+    if not 0.0 <= success <= 1.0:
+        problems.append(f"success_rate {success} outside [0, 1]")
+    if not 0 < steps <= horizon:
+        problems.append(f"mean_steps {steps} outside (0, {horizon}]")
+    if (success > 0) != (to_success is not None):
+        problems.append(f"mean_steps_to_success {to_success} with success {success}")
+    # Failures count as the horizon: the mean of the two kinds of episode, weighted by the rate.
+    expected = success * (to_success or 0.0) + (1 - success) * horizon
+    if abs(expected - steps) > 1e-6 * horizon:
+        problems.append(f"mean_steps {steps} != {expected} from the success rate and steps to success")
+    return problems
