@@ -28,6 +28,7 @@ from draccus.utils import ParsingError
 
 from flywheel import presets
 from flywheel.configs import (
+    CalibrateConfig,
     DeployConfig,
     KeysConfig,
     RecordConfig,
@@ -126,6 +127,26 @@ def _label(cfg) -> int:
     return label_main(cfg)
 
 
+def _calibrate(cfg: CalibrateConfig) -> int:
+    from lerobot.robots.utils import make_robot_from_config
+    from lerobot.teleoperators.utils import make_teleoperator_from_config
+
+    devices = []
+    if cfg.which in ("both", "robot") and cfg.robot is not None:
+        devices.append(make_robot_from_config(cfg.robot))
+    if cfg.which in ("both", "teleop") and cfg.teleop is not None:
+        devices.append(make_teleoperator_from_config(cfg.teleop))
+    if not devices:
+        print("flywheel calibrate: robot/teleop: nothing to calibrate (use --robot so100)", file=sys.stderr)
+        return 2
+    for device in devices:  # LeRobot's own procedure, as lerobot-calibrate runs it
+        print(f"calibrating {device} -> {device.calibration_fpath}")
+        device.connect(calibrate=False)
+        device.calibrate()
+        device.disconnect()
+    return 0
+
+
 def _keys(cfg) -> int:
     from flywheel.security import make_keys
 
@@ -188,6 +209,7 @@ COMMANDS: dict[str, Command] = {
         _label,
         "train a value function, label advantages (new dataset)",
     ),
+    "calibrate": Command(CalibrateConfig, _calibrate, "LeRobot's calibration of the follower and leader"),
     "keys": Command(KeysConfig, _keys, "make CurveZMQ keys (needed to bind beyond loopback)"),
     "view": Command(
         "flywheel.viz.config:ViewConfig", _view, "watch or replay in Rerun (viewer, browser, or .rrd)"

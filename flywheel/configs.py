@@ -253,3 +253,18 @@ class KeysConfig:
 
     # Where the keys go: public/ (copy to every machine) and private/ (each machine keeps its own).
     keys_dir: Path = Path("outputs/keys")
+
+
+@dataclass
+class CalibrateConfig:
+    """`flywheel calibrate --robot so100`: LeRobot's own interactive calibration of the follower and
+    the leader; the files go where LeRobot keeps them, and every flywheel command reuses them."""
+
+    robot: RobotConfig | None = None
+    teleop: TeleoperatorConfig | None = None
+    # Which arms: both, robot (the follower) or teleop (the leader).
+    which: str = "both"
+
+    def __post_init__(self):
+        if self.which not in ("both", "robot", "teleop"):
+            raise ValueError(f"which: {self.which!r} is not one of 'both', 'robot', 'teleop'")
