@@ -34,6 +34,7 @@ from flywheel.protocol import MessageType, request
 from flywheel.recap.labeling import LabelConfig, run_labeling
 from flywheel.recap.sampler import DataTypeWeights, frame_weights
 from flywheel.recap.source import load_source
+from flywheel.viz.config import RerunConfig
 from trainer.gate import GateConfig, decide, holdout_episodes
 from trainer.intake import EpisodeIntake
 from trainer.registry import ModelRegistry
@@ -77,6 +78,9 @@ class TrainerConfig:
     deploy: bool = True
     deploy_timeout_s: float = 120.0
     wire: WireConfig = field(default_factory=WireConfig)
+    # Log each relabeled episode (value curve, advantage, threshold) to Rerun; give the daemon's
+    # --rerun.recording_id and --rerun.connect to land in its recording.
+    rerun: RerunConfig = field(default_factory=RerunConfig)
     # Poll the dataset at least this often, even without notifications.
     poll_s: float = 30.0
 
@@ -185,8 +189,42 @@ class Trainer:
         shutil.rmtree(out, ignore_errors=True)  # a half-written copy of the trainer's own scratch
         label_cfg = self.cfg.label
         label_cfg.dataset.root, label_cfg.output.root = folder / "snapshot", out
-        run_labeling(label_cfg)
+        labels = run_labeling(label_cfg)
+        if self.cfg.rerun.enabled:
+            self._log_labels(out, labels)
         return out
+
+    def _log_labels(self, labeled: Path, labels) -> None:
+        """Every relabeled episode into the Rerun recording (on the dataset_index timeline)."""
+        from flywheel.viz.replay import frame_thresholds, log_labeled_episode
+        from flywheel.viz.sinks import open_recording
+
+        source = load_source(labeled)
+        tasks = source.task_of_frames()
+        thresholds = frame_thresholds(labeled, tasks, labels.values)
+        recording = open_recording(self.cfg.rerun)
+        try:
+            for episode, start, length in zip(
+                source.episodes.index, source.episodes.start, source.episodes.length, strict=True
+            ):
+                rows = slice(int(start), int(start + length))
+                threshold = None if thresholds is None else thresholds[rows]
+                values, advantages, positive = (
+                    labels.values[rows],
+                    labels.advantages[rows],
+                    labels.positive[rows],
+                )
+                log_labeled_episode(
+                    recording.stream,
+                    int(episode),
+                    values,
+                    advantages,
+                    positive,
+                    threshold,
+                    start_frame=int(start),
+                )
+        finally:
+            recording.close()
 
     def _train(self, folder: Path, labeled: Path, heldout: list[int], kind: str, current: int | None) -> Path:
         cfg = self.cfg
