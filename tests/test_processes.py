@@ -77,7 +77,7 @@ def test_sigkill_mid_episode_leaves_saved_episodes_loadable_and_appendable(tmp_p
 
     # A restart appends after what was saved, without touching it.
     subprocess.run(
-        [*cmd[:-4], "--episodes=1", *cmd[-3:]],
+        [arg if arg != "--episodes=0" else "--episodes=1" for arg in cmd],
         env=ENV,
         check=True,
         timeout=120,

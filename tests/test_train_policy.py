@@ -79,3 +79,12 @@ def test_two_process_accelerate_run_on_cpu(sim_dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "pretrained_model/model.safetensors").exists()
     assert json.loads((out / "checkpoints/last/step.json").read_text()) == {"step": 2}
+
+
+def test_wandb_offline_logs_without_a_network(sim_dataset, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    train_policy(small_config(sim_dataset, tmp_path / "run", steps=2, trackers=["wandb"]))
+    runs = list((tmp_path / "wandb").glob("offline-run-*/run-*.wandb"))
+    assert len(runs) == 1 and runs[0].stat().st_size > 0
