@@ -1,5 +1,6 @@
 """The `flywheel` command.
 
+    flywheel demo     [--quick]                                      the whole loop on the sim, with evidence
     flywheel run      --robot sim --episodes 5 --dataset.root=DIR   daemon + teleop, supervised
     flywheel rollout  --robot sim ...                                the rollout daemon alone
     flywheel teleop   --robot sim ...                                the teleop process alone
@@ -127,6 +128,12 @@ def _label(cfg) -> int:
     return label_main(cfg)
 
 
+def _demo(cfg) -> int:
+    from flywheel.demo.run import demo_main
+
+    return demo_main(cfg)
+
+
 def _calibrate(cfg: CalibrateConfig) -> int:
     from lerobot.robots.utils import make_robot_from_config
     from lerobot.teleoperators.utils import make_teleoperator_from_config
@@ -203,6 +210,11 @@ COMMANDS: dict[str, Command] = {
     "record": Command(RecordConfig, _record, "operator-only demonstrations (data_type=demo)"),
     "deploy": Command(
         DeployConfig, _deploy, "swap a registry version (or --rollback) into the running daemon"
+    ),
+    "demo": Command(
+        "flywheel.demo.config:DemoConfig",
+        _demo,
+        "the whole flywheel on the sim, against baselines, with a report",
     ),
     "label": Command(
         "flywheel.recap.labeling:LabelConfig",
