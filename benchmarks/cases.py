@@ -311,6 +311,45 @@ def lerobot_record_loop(work: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+def labeling(work: Path, quick: bool) -> dict[str, Any]:
+    """`flywheel label` wall time on recorded sim episodes, and value inference batched vs one frame
+    at a time (the labeling's inner loop)."""
+    from flywheel.cli import main as flywheel_main
+    from flywheel.recap.bench_inference import one_at_a_time
+    from flywheel.recap.labeling import LabelConfig, run_labeling
+    from flywheel.recap.source import load_source
+    from flywheel.recap.train_value import load_value_model, predict
+
+    episodes = 6 if quick else 20
+    wire = _wire()
+    flywheel_main(["rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", f"--episodes={episodes}",
+                   f"--dataset.root={work / 'data'}", f"--wire.daemon_events={wire.daemon_events}",
+                   f"--wire.deploy={wire.deploy}", "--report_cadence=false"])  # fmt: skip
+    cfg = LabelConfig()
+    cfg.dataset.root, cfg.output.root = work / "data", work / "labeled"
+    start = time.perf_counter()
+    run_labeling(cfg)
+    wall = time.perf_counter() - start
+    source = load_source(work / "data")
+    fitted = load_value_model(work / "labeled" / "meta" / "recap_value")
+    frames = np.arange(len(source.frames))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    start = time.perf_counter()
+    predict(fitted, source, frames, 2048)
+    batched = len(frames) / (time.perf_counter() - start)
+    single = one_at_a_time(fitted, source, min(500, len(frames)), False)
+    torch.set_num_threads(threads)
+    return {
+        "episodes": episodes,
+        "frames": len(frames),
+        "label_wall_s": wall,
+        "value_fps_batched": batched,
+        "value_fps_one_at_a_time": single,
+        "batched_over_one_at_a_time": batched / single,
+    }
+
+
 CASES = {
     "control_loop": control_loop,
     "hot_swap": hot_swap,
@@ -318,6 +357,7 @@ CASES = {
     "training": training,
     "recording": recording,
     "lerobot_record_loop": lerobot_record_loop,
+    "labeling": labeling,
 }
 
 

@@ -19,6 +19,8 @@ TARGETS = {
     "control_loop.lateness_alone_p99_ms": ("<=", 5.0),
     "hot_swap.swap_stall_over_period": ("<", 1.0),
     "select_action.cfg_over_unguided_p50": ("<=", 1.3),
+    "labeling.batched_over_one_at_a_time": (">=", 10.0),
+    "labeling.label_wall_s": ("<", 60.0),
 }
 
 
@@ -27,7 +29,7 @@ class BenchConfig:
     # Smaller runs of every case (under 3 minutes in all on 2 cores).
     quick: bool = False
     # Which cases (default: all): control_loop, hot_swap, select_action, training, recording,
-    # lerobot_record_loop.
+    # lerobot_record_loop, labeling.
     cases: list[str] = field(default_factory=lambda: list(CASES))
     # Where the JSON goes.
     output: Path = Path("outputs/bench")
@@ -73,7 +75,7 @@ def check_targets(cases: dict) -> dict:
         case, figure = key.split(".")
         value = cases.get(case, {}).get(figure)
         if value is not None:
-            met = bool(value <= bound if op == "<=" else value < bound)
+            met = bool({"<=": value <= bound, "<": value < bound, ">=": value >= bound}[op])
             out[key] = {"value": value, "target": f"{op} {bound}", "met": met}
     return out
 
