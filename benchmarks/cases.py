@@ -350,6 +350,12 @@ def labeling(work: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+def soak(work: Path, quick: bool, minutes: float = 20.0) -> dict[str, Any]:
+    from benchmarks.soak import soak as run_soak
+
+    return run_soak(work, 1.0 if quick else minutes)
+
+
 CASES = {
     "control_loop": control_loop,
     "hot_swap": hot_swap,
@@ -358,12 +364,14 @@ CASES = {
     "recording": recording,
     "lerobot_record_loop": lerobot_record_loop,
     "labeling": labeling,
+    "soak": soak,  # long: not in the default list (benchmarks/run.py)
 }
 
 
-def run_case(name: str, quick: bool) -> dict[str, Any]:
+def run_case(name: str, quick: bool, soak_minutes: float = 20.0) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"bench-{name}-") as work:
         start = time.perf_counter()
-        figures = CASES[name](Path(work), quick)
+        extra = {"minutes": soak_minutes} if name == "soak" else {}
+        figures = CASES[name](Path(work), quick, **extra)
         figures["case_wall_s"] = time.perf_counter() - start
         return figures

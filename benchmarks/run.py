@@ -21,6 +21,7 @@ TARGETS = {
     "select_action.cfg_over_unguided_p50": ("<=", 1.3),
     "labeling.batched_over_one_at_a_time": (">=", 10.0),
     "labeling.label_wall_s": ("<", 60.0),
+    "soak.frames_lost": ("<=", 0),
 }
 
 
@@ -29,8 +30,10 @@ class BenchConfig:
     # Smaller runs of every case (under 3 minutes in all on 2 cores).
     quick: bool = False
     # Which cases (default: all): control_loop, hot_swap, select_action, training, recording,
-    # lerobot_record_loop, labeling.
-    cases: list[str] = field(default_factory=lambda: list(CASES))
+    # lerobot_record_loop, labeling; soak (about 20 minutes; 1 with --quick) only when named.
+    cases: list[str] = field(default_factory=lambda: [c for c in CASES if c != "soak"])
+    # Length of the soak case, when it is named.
+    soak_minutes: float = 20.0
     # Where the JSON goes.
     output: Path = Path("outputs/bench")
 
@@ -59,7 +62,7 @@ def bench_main(cfg: BenchConfig) -> int:
         "cases": {},
     }
     for name in tqdm(cfg.cases, desc="bench"):
-        results["cases"][name] = run_case(name, cfg.quick)
+        results["cases"][name] = run_case(name, cfg.quick, cfg.soak_minutes)
     results["targets"] = check_targets(results["cases"])
     cfg.output.mkdir(parents=True, exist_ok=True)
     path = cfg.output / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if cfg.quick else ''}.json"

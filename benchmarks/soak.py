@@ -1,0 +1,142 @@
+"""The soak: the daemon on the sim for a bounded time, with periodic hot-swaps and injected faults.
+
+Run with `flywheel bench --cases=[soak] --soak_minutes=20` (not part of the default cases). Faults,
+each injected on a schedule while the daemon runs at 30 Hz:
+  - malformed and hostile ZeroMQ messages on the daemon's deploy socket,
+  - garbage and corrupted-weight deploy requests,
+  - a good deploy (a real hot-swap), alternating between two versions.
+It reports episodes recorded, faults injected and survived (the daemon kept running and never
+acted on anything bad), frames lost (frames the daemon counted against frames in the dataset:
+must be 0) and memory growth of the process.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+import zmq
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
+from benchmarks.fixtures import tiny_sim_checkpoint
+from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
+from flywheel.protocol import MessageType, decode, request
+from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.teleop_link import LocalTeleop
+from robots.sim import SimArmConfig
+from teleop.pedals import SimPedalConfig, make_pedal
+from teleop.sim_operator import SimOperator, SimOperatorConfig
+from trainer.registry import WEIGHTS_FILE, ModelRegistry
+
+HOSTILE = [
+    [b"deploy", b"{not json"],
+    [b"deploy", b'{"v":99,"type":"deploy","seq":1,"t":0}'],
+    [b"deploy", b"[" * 50_000],
+    [
+        b"deploy",
+        b'{"v":1,"type":"deploy","seq":1,"t":0,"arrays":[{"name":"a","dtype":"float32","shape":[1125899906842624,4]}]}',
+        b"x",
+    ],
+    [
+        b"teleop_state",
+        b'{"v":1,"type":"teleop_state","seq":1,"t":0,"fields":{}}',
+    ],  # the wrong kind of message
+]
+
+
+def raw_request(ctx: zmq.Context, address: str, frames: list[bytes], timeout_s: float = 10.0) -> dict:
+    """Send raw frames as a request and decode the reply (the daemon must answer, and refuse)."""
+    socket = ctx.socket(zmq.REQ)
+    socket.setsockopt(zmq.LINGER, 0)
+    try:
+        socket.connect(address)
+        socket.send_multipart(frames)
+        if not socket.poll(int(timeout_s * 1000)):
+            return {"status": "no reply"}
+        return decode(socket.recv_multipart()).fields
+    finally:
+        socket.close()
+
+
+def soak(work: Path, minutes: float) -> dict[str, Any]:
+    registry = ModelRegistry(work / "models")
+    for seed in (0, 1):
+        registry.publish(tiny_sim_checkpoint(work / f"ckpt-{seed}", seed=seed, chunk_size=10))
+    corrupt = _corrupted_copy(registry, work)
+    tag = uuid.uuid4().hex[:8]
+    wire = WireConfig(daemon_events=f"inproc://soak-events-{tag}", teleop_state=f"inproc://soak-teleop-{tag}",
+                      deploy=f"inproc://soak-deploy-{tag}")  # fmt: skip
+    cfg = RolloutConfig(
+        robot=SimArmConfig(task="push-v3"), policy=PolicySourceConfig(path=registry.path(1)),
+        dataset=DatasetConfig(root=work / "data", repo_id="soak/data"), wire=wire, episodes=0, fps=30,
+        episode_time_s=6.67, report_cadence=False,
+    )  # fmt: skip
+    operator = LocalTeleop(
+        SimOperator(SimOperatorConfig()), make_pedal(SimPedalConfig(press_probability=0.3))
+    )
+    daemon = RolloutDaemon(cfg, link=operator)
+    process = psutil.Process()
+    runner = threading.Thread(target=daemon.run)
+    runner.start()
+    injected: dict[str, int] = {"hostile_messages": 0, "garbage_deploys": 0, "corrupt_deploys": 0, "swaps": 0}
+    refused = 0
+    rss_start = None
+    ctx = zmq.Context.instance()
+    alive = True
+    deadline = time.monotonic() + minutes * 60
+    try:
+        while daemon._last_observation is None:
+            time.sleep(0.1)
+        rss_start = process.memory_info().rss
+        cycle = 0
+        while time.monotonic() < deadline and runner.is_alive():
+            cycle += 1
+            for frames in HOSTILE:
+                refused += raw_request(ctx, wire.deploy, frames)["status"] == "rejected"
+                injected["hostile_messages"] += 1
+            reply = request(ctx, wire.deploy, MessageType.DEPLOY, {"version": "garbage"}, 60)
+            injected["garbage_deploys"] += 1
+            refused += reply.fields["status"] == "rejected"
+            reply = request(ctx, wire.deploy, MessageType.DEPLOY, corrupt, 60)
+            injected["corrupt_deploys"] += 1
+            refused += reply.fields["status"] == "rejected"
+            version = 2 if cycle % 2 else 1
+            fields = {"version": version, "path": str(registry.path(version)),
+                      "sha256": registry.manifest(version).sha256}  # fmt: skip
+            status = request(ctx, wire.deploy, MessageType.DEPLOY, fields, 60).fields["status"]
+            injected["swaps"] += status in ("swapped", "queued")
+            time.sleep(10)
+        alive = runner.is_alive()
+    finally:
+        daemon.stop()
+        runner.join(timeout=120)
+    rss_end = process.memory_info().rss
+    counted = sum(r.frames for r in daemon.results if r.data_type is not None)
+    on_disk = LeRobotDataset("soak/data", root=work / "data").num_frames
+    return {
+        "minutes": minutes,
+        "episodes_recorded": sum(r.data_type is not None for r in daemon.results),
+        **{f"injected_{k}": v for k, v in injected.items()},
+        "faults_refused": refused,
+        "faults_injected": injected["garbage_deploys"]
+        + injected["corrupt_deploys"]
+        + injected["hostile_messages"],
+        "daemon_alive_to_the_end": alive,
+        "frames_lost": counted - on_disk,
+        "memory_growth_mb": (rss_end - (rss_start or rss_end)) / 2**20,
+    }
+
+
+def _corrupted_copy(registry: ModelRegistry, work: Path) -> dict:
+    """Deploy fields for version 2 with its weights file truncated (but the announced hash kept)."""
+    fields = {"version": 2, "sha256": registry.manifest(2).sha256}
+    broken = work / "broken"
+    broken.mkdir()
+    for f in registry.path(2).iterdir():
+        data = f.read_bytes()
+        (broken / f.name).write_bytes(data[: len(data) // 2] if f.name == WEIGHTS_FILE else data)
+    return {**fields, "path": str(broken)}
