@@ -72,3 +72,43 @@ def test_a_stale_operator_stream_holds_position_during_an_intervention(tmp_path)
     [result] = daemon.run()
     assert result.intervention_frames == 20
     np.testing.assert_allclose(_sent_actions(tmp_path / "ds"), 0.0)  # never the stale 90-degree command
+
+
+class EstopAt:
+    """The operator's emergency-stop key, pressed on one frame."""
+
+    def __init__(self, frame: int):
+        self.frame = frame
+
+    def start(self):
+        pass
+
+    def poll(self, view, wait):
+        keys = {"success": 0, "failure": 0, "rerecord": 0, "estop": int(view.frame >= self.frame)}
+        return TeleopSnapshot(pressed=False, action=None, keys=keys)
+
+    def stop(self):
+        pass
+
+
+class ArmWithBus(PositionArm):
+    class Bus:
+        torque_disabled = False
+
+        def disable_torque(self):
+            self.torque_disabled = True
+
+    def __init__(self):
+        super().__init__()
+        self.bus = self.Bus()
+
+
+def test_emergency_stop_disables_torque_and_stops_the_daemon(tmp_path):
+    cfg = make_config(tmp_path / "ds", frames=50, fps=0, wire=_free_wire())
+    cfg.robot, cfg.episodes = None, 3
+    arm = ArmWithBus()
+    daemon = RolloutDaemon(cfg, robot=arm, policy=StillPolicy(), link=EstopAt(frame=7))
+    results = daemon.run()
+    assert arm.bus.torque_disabled
+    assert len(results) == 1 and results[0].end_reason == "estop" and results[0].frames == 7
+    assert results[0].data_type is None  # an emergency-stopped episode is not saved
