@@ -98,6 +98,7 @@ def open_for_append(
     another shape would make it unreadable, so that is refused with the field that differs.
     """
     root = Path(root)
+    _forget_if_never_used(root)
     if not (root / "meta" / "info.json").exists():
         if root.exists() and any(root.iterdir()):
             raise FileExistsError(f"dataset.root: {root} exists, is not empty and holds no LeRobot dataset")
@@ -115,6 +116,18 @@ def open_for_append(
     _check_compatible(dataset, fps, features)
     dataset.meta.metadata_buffer_size = 1
     return dataset
+
+
+def _forget_if_never_used(root: Path) -> None:
+    """A dataset created by a run that saved no episode (it failed to connect, say) holds only
+    meta/info.json, which LeRobot cannot reopen (it looks for the data on the hub). Nothing was
+    saved in it, so it is created again."""
+    info = root / "meta" / "info.json"
+    if not info.exists():
+        return
+    files = [p for p in root.rglob("*") if p.is_file()]
+    if files == [info] and json.loads(info.read_text()).get("total_episodes") == 0:
+        shutil.rmtree(root)
 
 
 def _check_compatible(dataset: LeRobotDataset, fps: int, features: dict) -> None:

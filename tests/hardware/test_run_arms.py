@@ -1,5 +1,6 @@
-"""`flywheel run --robot so100` against emulated follower and leader buses: a real LeRobot SO-100
-follower and leader over feetech-servo-sdk, a scripted pedal, one recorded episode with a takeover."""
+"""`flywheel run --robot so100` and `--robot koch` against emulated follower and leader buses: LeRobot's
+own SO-100 (feetech-servo-sdk) and Koch (dynamixel-sdk) follower and leader classes, a scripted
+pedal, one recorded episode with a bumpless takeover."""
 
 from __future__ import annotations
 
@@ -7,21 +8,33 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from flywheel.dataset import episode_table
 from robots.emulators.base import relaxed_sdk_timeouts_env
+from robots.emulators.dynamixel import emulated_koch
 from robots.emulators.feetech import emulated_so100
 from tests.netutil import free_address
 
 LEADER_OFFSET_RAW = 230  # about 20 degrees away from the follower on every joint
 
 
-def test_run_so100_on_emulated_buses_records_a_bumpless_takeover(tmp_path):
+ARMS = {
+    "so100": (lambda d, arm_id: emulated_so100(d, arm_id=arm_id),
+              lambda d, arm_id: emulated_so100(d, arm_id=arm_id)),
+    "koch": (lambda d, arm_id: emulated_koch(d, arm_id=arm_id),
+             lambda d, arm_id: emulated_koch(d, arm_id=arm_id, leader=True)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("arm", sorted(ARMS))
+def test_run_on_emulated_buses_records_a_bumpless_takeover(tmp_path, arm):
     calibration = tmp_path / "calibration"
+    follower_bus, leader_bus = ARMS[arm]
     with (
-        emulated_so100(calibration, arm_id="follower") as (follower_port, follower),
-        emulated_so100(calibration, arm_id="leader") as (leader_port, leader),
+        follower_bus(calibration, "follower") as (follower_port, follower),
+        leader_bus(calibration, "leader") as (leader_port, leader),
     ):
         start = {i: follower.position(i) for i in range(1, 6)}
         for i in range(1, 6):  # the operator holds the leader somewhere else than the follower
@@ -33,7 +46,7 @@ def test_run_so100_on_emulated_buses_records_a_bumpless_takeover(tmp_path):
                 "flywheel.cli",
                 "run",
                 "--robot",
-                "so100",
+                arm,
                 f"--robot.port={follower_port}",
                 f"--robot.calibration_dir={calibration}",
                 f"--teleop.port={leader_port}",
@@ -58,7 +71,7 @@ def test_run_so100_on_emulated_buses_records_a_bumpless_takeover(tmp_path):
         moved = {i: follower.position(i) - start[i] for i in range(1, 6)}
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
-    dataset = LeRobotDataset("local/so100", root=tmp_path / "ds")
+    dataset = LeRobotDataset(f"local/{arm}", root=tmp_path / "ds")
     table = episode_table(dataset)
     assert len(table) == 1 and table.loc[0, "data_type"] == "intervention"
     frames = dataset.hf_dataset.with_format("numpy")[:]
