@@ -16,6 +16,7 @@ import json
 import math
 import threading
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -54,6 +55,7 @@ class Message:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     seq: int = 0
     t: float = 0.0  # sender's time.monotonic(); only comparable on one machine
+    sender: str = ""  # a random id per Publisher: seq counts within one sender's life
 
 
 def encode(msg: Message) -> list[bytes]:
@@ -71,6 +73,7 @@ def encode(msg: Message) -> list[bytes]:
         "v": PROTOCOL_VERSION,
         "type": str(msg.type),
         "seq": msg.seq,
+        "sid": msg.sender,
         "t": msg.t,
         "fields": msg.fields,
         "arrays": array_specs,
@@ -121,7 +124,10 @@ def decode(frames: list[bytes]) -> Message:
     for spec, buf in zip(specs, frames[2:], strict=True):
         name, arr = _decode_array(spec, buf)
         arrays[name] = arr
-    return Message(type=msg_type, fields=fields, arrays=arrays, seq=seq, t=float(t))
+    sender = header.get("sid", "")
+    if not isinstance(sender, str) or len(sender) > 64:
+        raise ProtocolError(f"header.sid: {str(sender)[:80]!r} is not a sender id")
+    return Message(type=msg_type, fields=fields, arrays=arrays, seq=seq, t=float(t), sender=sender)
 
 
 def _decode_array(spec: Any, buf: bytes) -> tuple[str, np.ndarray]:
@@ -157,6 +163,7 @@ class Publisher:
         secure_server(self._socket, address, security)
         self._socket.bind(address)
         self._seq = 0
+        self._sender = uuid.uuid4().hex[:12]
         self._lock = threading.Lock()
 
     def publish(
@@ -167,7 +174,9 @@ class Publisher:
     ) -> None:
         with self._lock:
             self._seq += 1
-            msg = Message(msg_type, dict(fields or {}), dict(arrays or {}), self._seq, time.monotonic())
+            msg = Message(
+                msg_type, dict(fields or {}), dict(arrays or {}), self._seq, time.monotonic(), self._sender
+            )
             self._socket.send_multipart(encode(msg), copy=False)
 
     def close(self) -> None:
@@ -207,6 +216,7 @@ class LatestValueSubscriber:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.rejected = 0
+        self.out_of_order = 0
         self.last_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="latest-value-sub", daemon=True)
 
@@ -257,6 +267,15 @@ class LatestValueSubscriber:
             return
         received = Received(msg, time.monotonic())
         with self._lock:
+            previous = self._latest.get(msg.type)
+            if (
+                previous is not None
+                and previous.message.sender == msg.sender
+                and msg.seq <= previous.message.seq
+            ):
+                # An older message than the one we hold (reordered, or replayed): the newest wins.
+                self.out_of_order += 1
+                return
             self._latest[msg.type] = received
         if self._on_message is not None:
             self._on_message(received)

@@ -384,3 +384,21 @@ def test_hostile_message_does_not_stop_the_subscriber(ctx, subscribers, free_tcp
         assert sub.rejected == 1
     finally:
         raw.close()
+
+
+def test_an_older_message_from_the_same_sender_never_replaces_a_newer_one(ctx, subscribers, free_tcp_address):
+    raw = ctx.socket(zmq.PUB)
+    raw.setsockopt(zmq.LINGER, 0)
+    raw.bind(free_tcp_address)
+    sub = _subscribe(ctx, subscribers, free_tcp_address, [MessageType.EPISODE_SAVED])
+
+    def send(sender: str, seq: int) -> None:
+        raw.send_multipart(encode(Message(MessageType.EPISODE_SAVED, {"n": seq}, seq=seq, sender=sender)))
+
+    assert _wait_for(lambda: sub.latest(MessageType.EPISODE_SAVED) is not None, poke=lambda: send("a", 5))
+    send("a", 3)  # reordered or replayed: older than what is held
+    assert _wait_for(lambda: sub.out_of_order >= 1)
+    assert sub.latest(MessageType.EPISODE_SAVED).message.seq == 5
+    send("b", 1)  # a restarted publisher is a new sender: its first message is taken
+    assert _wait_for(lambda: sub.latest(MessageType.EPISODE_SAVED).message.sender == "b")
+    raw.close()
