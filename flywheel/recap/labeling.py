@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +21,7 @@ import torch
 
 from flywheel.recap import advantages as adv
 from flywheel.recap import iql
+from flywheel.recap.iql import IQLSettings
 from flywheel.recap.quality import frame_truth, label_quality
 from flywheel.recap.returns import episode_rewards, normalize, reward_to_go
 from flywheel.recap.source import DATA_TYPE_IDS, Source, load_source
@@ -107,18 +108,6 @@ class ThresholdConfig:
 
 
 @dataclass
-class IQLConfig:
-    expectile: float = 0.7
-    temperature: float = 0.5
-    discount: float = 0.99
-    max_weight: float = 100.0
-    steps: int = 3000
-    batch_size: int = 256
-    q_lr: float = 3e-4
-    v_lr: float = 3e-4
-
-
-@dataclass
 class LabelConfig:
     """`flywheel label`: train (or load) a value function and label every frame with an advantage."""
 
@@ -128,7 +117,8 @@ class LabelConfig:
     value: ValueTrainConfig = field(default_factory=ValueTrainConfig)
     advantage: AdvantageConfig = field(default_factory=AdvantageConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
-    iql: IQLConfig = field(default_factory=IQLConfig)
+    # The seed's estimator (--advantage.estimator=iql); its seed follows value.seed.
+    iql: IQLSettings = field(default_factory=IQLSettings)
 
     def __post_init__(self) -> None:
         choices = {
@@ -256,7 +246,7 @@ def compute_labels(source: Source, cfg: LabelConfig, scratch: Path) -> tuple[Lab
     extra_dirs: dict[str, Path] = {}
     losses: list[float] = []
     if cfg.advantage.estimator == "iql":
-        settings = iql.IQLSettings(**asdict(cfg.iql), seed=cfg.value.seed)
+        settings = replace(cfg.iql, seed=cfg.value.seed)
         data = iql.make_transitions(source.frames.state, source.frames.action, rewards, slices)
         model, _ = iql.train_iql(data, settings)
         values, advantages = iql.iql_advantages(model, data)
