@@ -8,6 +8,7 @@ recorder. Inference, recording and the teleop stream all live on other threads.
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -95,6 +96,9 @@ class RolloutDaemon:
     # --- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> list[EpisodeResult]:
         cfg = self.cfg
+        # A thread that wants the GIL waits up to the switch interval (5 ms by default) while the
+        # policy worker or the recorder runs Python: 1 ms keeps the tick on time.
+        sys.setswitchinterval(0.001)
         self.events = Publisher(self._ctx, cfg.wire.daemon_events, cfg.wire.security("daemon"))
         self.recorder = self._make_recorder()
         self.viz = self._make_viz()
