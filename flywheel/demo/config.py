@@ -28,7 +28,8 @@ class DemoConfig:
     # Independent repetitions of the whole flywheel (data, training, evaluation).
     seeds: int = 3
     # RECAP iterations after the initial SFT (each: rollouts with takeovers, label, train, deploy).
-    iterations: int = 2
+    # 1 keeps the default run near 20 minutes on 2 cores; each more adds about 2 minutes per seed.
+    iterations: int = 1
     # Methods to run (subset of sft_all, filtered_sft, awr, recap, recap_cfg, good_only).
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     # Train the baselines at every iteration ("all") or only on the last iteration's data ("last").
@@ -40,17 +41,17 @@ class DemoConfig:
     bad_demos: int = 16
     takeover_episodes: int = 8
     # Rollouts of the deployed policy per task and iteration, the good operator at the pedal.
-    rollouts_per_iteration: int = 6
+    rollouts_per_iteration: int = 4
     # Episode length limit in steps (failures count as this many steps).
     horizon: int = 150
 
-    # Policy: pi_star_recap tiny, with a 10-step chunk (50 costs 60-90% more per step).
+    # Policy: pi_star_recap tiny, with a 10-step chunk (50 costs 60-90 percent more per step).
     chunk_size: int = 10
     # The initial SFT on the first data, shared by every seed and method (the tiny model needs
     # about 1000+ steps to learn a task at all: NOTES.md section 5).
-    sft_steps: int = 1500
+    sft_steps: int = 1000
     # Each method's own training from the SFT policy, per iteration: same steps for every method.
-    method_steps: int = 200
+    method_steps: int = 150
     batch_size: int = 32
     # Classifier-free guidance scale of the recap_cfg variant (1 = plain positive conditioning).
     cfg_scale: float = 1.5
@@ -67,7 +68,7 @@ class DemoConfig:
     recap_data_type_weights: bool = True
 
     # Held-out evaluation scenes per task (the same for every method, seed and iteration).
-    eval_episodes: int = 10
+    eval_episodes: int = 8
     # Write a Rerun recording (.rrd) of the last iteration's labeled episodes.
     rerun: bool = True
 
@@ -110,5 +111,14 @@ class DemoConfig:
                 raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
         if self.iterations < 0:
             raise ValueError(f"iterations: {self.iterations} must be >= 0")
+        # Scene seeds are laid out in blocks of 100 per group and 1000 per seed (run.py).
+        per_group = (
+            self.good_demos,
+            self.bad_demos // 4 + 1,
+            self.takeover_episodes,
+            self.rollouts_per_iteration,
+        )
+        if max(per_group) > 100 or self.seeds > 9 or len(self.tasks) > 8 or self.iterations > 9:
+            raise ValueError("sizes: at most 100 episodes per group, 9 seeds, 8 tasks, 9 iterations")
         if self.cfg_scale < 1.0:
             raise ValueError(f"cfg_scale: {self.cfg_scale} must be >= 1")

@@ -1,0 +1,118 @@
+"""`flywheel demo`: the pipeline end to end, and its results checked for internal consistency.
+
+Not checked: that RECAP wins. The numbers are whatever the run measured.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from flywheel.demo import DemoConfig, demo_main
+from flywheel.demo.report import check_results, interval, summarize
+from flywheel.demo.run import prepare_out_dir, run_demo
+
+
+def _tiny(out: Path) -> DemoConfig:
+    """Smaller than --quick: every stage runs, on almost nothing (about 1-2 minutes)."""
+    quick = DemoConfig(out_dir=out, quick=True).resolved()
+    return replace(
+        quick,
+        quick=False,
+        seeds=2,
+        good_demos=2,
+        bad_demos=2,
+        takeover_episodes=1,
+        rollouts_per_iteration=1,
+        horizon=60,
+        sft_steps=10,
+        method_steps=4,
+        value_steps=20,
+        iql_steps=20,
+        eval_episodes=2,
+    )
+
+
+@pytest.mark.timeout(600)  # about 1-2 minutes; more on a busy 2-core machine
+def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
+    cfg = _tiny(tmp_path / "demo")
+    results = run_demo(cfg, prepare_out_dir(cfg))
+    out = cfg.out_dir
+    assert check_results(results, out) == []
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["summary"] == results["summary"]
+    methods = {r["method"] for r in on_disk["summary"]}
+    assert methods == {"sft", "sft_all", "filtered_sft", "awr", "recap", "recap_cfg", "good_only"}
+    # Every rollout batch got its version over ZeroMQ and the daemon swapped it in.
+    assert on_disk["hotswaps"] and all(s["status"] == "swapped" for s in on_disk["hotswaps"])
+    report = (out / "report.md").read_text()
+    for name in on_disk["figures"]:
+        assert f"figures/{name}" in report and (out / "figures" / name).stat().st_size > 1000
+    assert {"success.png", "throughput.png", "value_curves.png", "advantage_histograms.png"} <= set(
+        on_disk["figures"]
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_quick_demo_writes_a_consistent_report(tmp_path):
+    """What `flywheel demo --quick` runs (about 5 minutes on 2 cores)."""
+    out = tmp_path / "demo"
+    assert demo_main(DemoConfig(out_dir=out, quick=True)) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert check_results(results, out) == []
+    assert results["config"]["quick"] is True and len(results["config"]["tasks"]) == 1
+
+
+def test_refuses_a_non_empty_output_folder_without_overwrite(tmp_path):
+    (tmp_path / "old.txt").write_text("x")
+    assert demo_main(DemoConfig(out_dir=tmp_path)) == 2
+    assert (tmp_path / "old.txt").exists()
+
+
+def test_refuses_unknown_methods():
+    with pytest.raises(ValueError, match="methods"):
+        DemoConfig(methods=["recap", "ppo"]).resolved()
+    with pytest.raises(ValueError, match="recap_cfg"):
+        DemoConfig(methods=["recap_cfg"]).resolved()
+
+
+def test_interval_is_students_t_over_seeds():
+    mean, lo, hi = interval([0.2, 0.4, 0.6])
+    assert mean == pytest.approx(0.4)
+    assert (lo, hi) == pytest.approx((0.4 - 0.4968, 0.4 + 0.4968), abs=1e-3)  # t(0.975, 2) = 4.303
+    assert interval([0.5]) == (0.5, None, None)
+
+
+def test_summary_averages_tasks_within_a_seed_then_seeds():
+    def row(seed, task, success, steps):
+        return {
+            "seed": seed,
+            "iteration": 1,
+            "method": "recap",
+            "task": task,
+            "success_rate": success,
+            "mean_steps": steps,
+            "mean_steps_to_success": 50.0 if success else None,
+            "horizon": 100,
+            "episodes": 4,
+        }
+
+    evaluations = [
+        row(0, "a", 1.0, 50.0),
+        row(0, "b", 0.0, 100.0),
+        row(1, "a", 0.5, 75.0),
+        row(1, "b", 0.5, 75.0),
+    ]
+    rollouts = [
+        {"seed": 0, "iteration": 1, "method": "recap", "task": "a", "frames": 100, "intervention_frames": 10},
+        {"seed": 0, "iteration": 1, "method": "recap", "task": "b", "frames": 300, "intervention_frames": 30},
+    ]
+    summary = {r["task"]: r for r in summarize(evaluations, rollouts)}
+    assert summary["all"]["success_per_seed"] == [0.5, 0.5]
+    assert summary["all"]["mean_steps_mean"] == pytest.approx(75.0)
+    assert summary["a"]["success_mean"] == pytest.approx(0.75)
+    assert summary["all"]["intervention_rate_mean"] == pytest.approx(0.1)
