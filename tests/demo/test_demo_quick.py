@@ -56,7 +56,6 @@ def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
     )
 
 
-@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_quick_demo_writes_a_consistent_report(tmp_path):
     """What `flywheel demo --quick` runs (about 5 minutes on 2 cores)."""
