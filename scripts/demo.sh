@@ -8,4 +8,5 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 bash scripts/bootstrap.sh
 export MUJOCO_GL=egl
-exec .venv/bin/flywheel demo "$@"
+# A new folder per run: a finished report is never overwritten, and the command can run again.
+exec .venv/bin/flywheel demo --out_dir="outputs/demo/$(date +%Y%m%d-%H%M%S)" "$@"
