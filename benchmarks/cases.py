@@ -12,7 +12,6 @@ import sys
 import tempfile
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -65,15 +64,6 @@ class TickClock:
         return [max(0.0, d - PERIOD_MS) for d in self.intervals_ms() if d < boundary_ms]
 
 
-def _wire() -> WireConfig:
-    tag = uuid.uuid4().hex[:8]
-    return WireConfig(
-        daemon_events=f"inproc://b-events-{tag}",
-        teleop_state=f"inproc://b-teleop-{tag}",
-        deploy=f"inproc://b-deploy-{tag}",
-    )
-
-
 def _daemon(
     policy_path: Path, frames: int, episodes: int, fps: int, root: Path, record: bool = True
 ) -> RolloutDaemon:
@@ -81,7 +71,7 @@ def _daemon(
         robot=SimArmConfig(task="push-v3"),
         policy=PolicySourceConfig(path=policy_path),
         dataset=DatasetConfig(root=root, repo_id="bench/loop", record=record),
-        wire=_wire(),
+        wire=WireConfig.in_process("bench"),
         episodes=episodes,
         fps=fps,
         episode_time_s=frames / (fps or FPS),
@@ -321,7 +311,7 @@ def labeling(work: Path, quick: bool) -> dict[str, Any]:
     from flywheel.recap.train_value import load_value_model, predict
 
     episodes = 6 if quick else 20
-    wire = _wire()
+    wire = WireConfig.in_process("bench")
     flywheel_main(["rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", f"--episodes={episodes}",
                    f"--dataset.root={work / 'data'}", f"--wire.daemon_events={wire.daemon_events}",
                    f"--wire.deploy={wire.deploy}", "--report_cadence=false"])  # fmt: skip

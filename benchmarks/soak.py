@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -67,9 +66,7 @@ def soak(work: Path, minutes: float) -> dict[str, Any]:
     for seed in (0, 1):
         registry.publish(tiny_sim_checkpoint(work / f"ckpt-{seed}", seed=seed, chunk_size=10))
     corrupt = _corrupted_copy(registry, work)
-    tag = uuid.uuid4().hex[:8]
-    wire = WireConfig(daemon_events=f"inproc://soak-events-{tag}", teleop_state=f"inproc://soak-teleop-{tag}",
-                      deploy=f"inproc://soak-deploy-{tag}")  # fmt: skip
+    wire = WireConfig.in_process("soak")
     cfg = RolloutConfig(
         robot=SimArmConfig(task="push-v3"), policy=PolicySourceConfig(path=registry.path(1)),
         dataset=DatasetConfig(root=work / "data", repo_id="soak/data"), wire=wire, episodes=0, fps=30,

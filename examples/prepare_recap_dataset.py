@@ -13,7 +13,6 @@ Everything goes through the real rollout daemon, in lockstep, into one LeRobotDa
 from __future__ import annotations
 
 import logging
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +43,6 @@ class PrepareConfig:
 def record(cfg: PrepareConfig, episodes: int, pedal, version: int | None, seed: int) -> None:
     if episodes == 0:
         return
-    tag = uuid.uuid4().hex[:8]
     rollout = RolloutConfig(
         robot=SimArmConfig(task=cfg.task, seed=seed),
         teleop=SimOperatorConfig(skill="good", seed=seed),
@@ -52,11 +50,7 @@ def record(cfg: PrepareConfig, episodes: int, pedal, version: int | None, seed: 
         local_teleop=True,
         policy=PolicySourceConfig(path=cfg.policy_path, baseline="random", version=version, seed=seed),
         dataset=DatasetConfig(root=cfg.output_dir, repo_id="local/recap"),
-        wire=WireConfig(
-            daemon_events=f"inproc://prep-{tag}",
-            teleop_state=f"inproc://prep-t-{tag}",
-            deploy=f"inproc://prep-d-{tag}",
-        ),
+        wire=WireConfig.in_process("prepare"),
         episodes=episodes,
         fps=0,
         episode_time_s=cfg.horizon / 30,

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,6 +37,13 @@ class WireConfig:
 
     def security(self, identity: str) -> Security | None:
         return None if self.keys_dir is None else Security(Path(self.keys_dir), identity)
+
+    @classmethod
+    def in_process(cls, name: str) -> WireConfig:
+        """ZeroMQ inproc:// addresses, unique per call: a daemon run inside another program
+        (evaluation, the demo, benchmarks) opens no TCP port and can run beside a live one."""
+        tag = f"{name}-{uuid.uuid4().hex[:8]}"
+        return cls(f"inproc://{tag}-events", f"inproc://{tag}-teleop", f"inproc://{tag}-deploy")
 
 
 @dataclass

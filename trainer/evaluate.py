@@ -7,7 +7,6 @@ records the evaluation episodes into a dataset of their own (never into the trai
 from __future__ import annotations
 
 import math
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,17 +48,12 @@ def evaluate_in_sim(
     horizon: int = 200,
     version: int = 1,
 ) -> EvalResult:
-    tag = uuid.uuid4().hex[:8]
     cfg = RolloutConfig(
         robot=SimArmConfig(task=task, seed=seed),
         policy=PolicySourceConfig(path=Path(policy_path), version=version),
         dataset=DatasetConfig(root=Path(out_dir), repo_id="local/eval"),
         # In-process transport: an evaluation opens no TCP port and can run beside a live daemon.
-        wire=WireConfig(
-            daemon_events=f"inproc://eval-events-{tag}",
-            teleop_state=f"inproc://eval-teleop-{tag}",
-            deploy=f"inproc://eval-deploy-{tag}",
-        ),
+        wire=WireConfig.in_process("eval"),
         episodes=episodes,
         fps=0,
         episode_time_s=horizon / 30,

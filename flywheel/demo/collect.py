@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,18 +62,13 @@ def _rollout_config(
     policy: PolicySourceConfig,
     skill: str,
 ) -> RolloutConfig:
-    tag = uuid.uuid4().hex[:8]
     return RolloutConfig(
         robot=SimArmConfig(task=task, seed=first_seed),
         # The operator's name (sim_operator:<skill>) is recorded per episode: the label-quality truth.
         teleop=SimOperatorConfig(skill=skill),
         policy=policy,
         dataset=DatasetConfig(root=root, repo_id=REPO_ID),
-        wire=WireConfig(
-            daemon_events=f"inproc://demo-events-{tag}",
-            teleop_state=f"inproc://demo-teleop-{tag}",
-            deploy=f"inproc://demo-deploy-{tag}",
-        ),
+        wire=WireConfig.in_process("demo"),
         episodes=episodes,
         fps=0,  # lockstep: as fast as the sim goes, and repeatable
         episode_time_s=horizon / 30,
