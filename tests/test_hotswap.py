@@ -8,16 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from safetensors.torch import load_file, save_file
 
+from benchmarks.fixtures import tiny_sim_checkpoint
 from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
-from flywheel.policies.pi_star_recap import (
-    PiStarRECAPConfig,
-    PiStarRECAPPolicy,
-    make_pi_star_recap_pre_post_processors,
-)
 from flywheel.protocol import MessageType, request
 from flywheel.rollout.daemon import RolloutDaemon
 from flywheel.rollout.teleop_link import LocalTeleop
@@ -28,27 +23,7 @@ from trainer.registry import WEIGHTS_FILE, ModelRegistry, sha256_file
 
 
 def tiny_checkpoint(path: Path, seed: int) -> Path:
-    """A tiny pi_star_recap for the sim (39-dim state, 4-dim action), saved the LeRobot way."""
-    torch.manual_seed(seed)
-    cfg = PiStarRECAPConfig(
-        preset="tiny",
-        device="cpu",
-        chunk_size=10,
-        n_action_steps=10,
-        input_features={"observation.state": PolicyFeature(FeatureType.STATE, (39,))},
-        output_features={"action": PolicyFeature(FeatureType.ACTION, (4,))},
-    )
-    stats = {
-        key: {s: torch.zeros(n) if s == "mean" else torch.ones(n) for s in ("mean", "std", "min", "max")}
-        for key, n in (("observation.state", 39), ("action", 4))
-    }
-    for key in stats:
-        stats[key]["min"] = -stats[key]["max"]
-        stats[key]["q01"], stats[key]["q99"] = stats[key]["min"], stats[key]["max"]
-    pre, post = make_pi_star_recap_pre_post_processors(cfg, dataset_stats=stats)
-    for part in (PiStarRECAPPolicy(cfg), pre, post):
-        part.save_pretrained(path)
-    return path
+    return tiny_sim_checkpoint(path, seed=seed, chunk_size=10)
 
 
 def tampered_copy(registry: ModelRegistry, version: int, change) -> dict:
