@@ -1,4 +1,5 @@
-"""The daemon and `flywheel run` as real processes: crash safety and the end-to-end sim run."""
+"""The daemon, the teleop process and `flywheel run` as real processes: crash safety and the
+end-to-end sim run."""
 
 from __future__ import annotations
 
@@ -7,15 +8,24 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+import pytest
 import zmq
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
+from flywheel.configs import DatasetConfig, RolloutConfig, WireConfig
 from flywheel.dataset import episode_table
 from flywheel.protocol import LatestValueSubscriber, MessageType
+from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.teleop_link import RemoteTeleop
+from robots.sim import ACTION_NAMES, SimArmConfig
 from tests.netutil import free_address
+from tests.test_rollout import ConstantPolicy
 
 ENV = {**os.environ, "MUJOCO_GL": "egl", "PYTHONUNBUFFERED": "1"}
 
@@ -134,3 +144,203 @@ def test_flywheel_run_records_episodes_with_interventions_as_printed(tmp_path):
     for index, row in table.iterrows():
         assert flags[episode == index].sum() == row["num_intervention_frames"]
     assert Path(tmp_path / "run" / "teleop.log").exists()
+
+
+# --- the teleop process SIGKILLed mid-intervention -------------------------------------------------
+
+FPS = 30
+PEDAL_DOWN = (5, 45)  # the teleop process's scheduled pedal: down on these frames of every episode
+
+
+@dataclass
+class Tick:
+    t: float  # time.monotonic() when the daemon asked the link for the operator's state
+    episode: int  # the daemon's attempt number (= the dataset's episode index when all are saved)
+    frame: int
+    pressed: bool
+    action: np.ndarray | None  # the operator's command, in the sim's action order
+    age_s: float
+
+
+class LoggedRemoteTeleop(RemoteTeleop):
+    """The daemon's real ZeroMQ link to `flywheel teleop`, noting what it gave the daemon each tick."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.ticks: list[Tick] = []
+
+    def poll(self, view, wait):
+        t = time.monotonic()
+        snapshot = super().poll(view, wait)
+        action = None if snapshot.action is None else np.array([snapshot.action[n] for n in ACTION_NAMES])
+        self.ticks.append(Tick(t, view.episode, view.frame, snapshot.pressed, action, snapshot.age_s))
+        return snapshot
+
+
+def _start_teleop(wire: WireConfig, log: Path) -> subprocess.Popen:
+    cmd = flywheel(
+        "teleop",
+        "--robot",
+        "sim",  # the simulated operator, watching the daemon's observations
+        "--pedal.type=schedule",
+        f"--pedal.down=[[{PEDAL_DOWN[0]},{PEDAL_DOWN[1]}]]",
+        f"--wire.daemon_events={wire.daemon_events}",
+        f"--wire.teleop_state={wire.teleop_state}",
+        f"--wire.deploy={wire.deploy}",
+    )
+    with open(log, "wb") as out:
+        return subprocess.Popen(cmd, env=ENV, stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_until(condition, timeout_s: float, what: str, daemon: threading.Thread):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        assert daemon.is_alive(), f"the daemon stopped while waiting for {what}"
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.005)
+    raise AssertionError(f"no {what} within {timeout_s:.0f} s")
+
+
+@pytest.mark.timeout(120)
+def test_sigkill_of_the_teleop_process_mid_intervention_holds_then_resumes_after_a_restart(tmp_path):
+    """`flywheel teleop` SIGKILLed with the pedal down: the daemon ticks on and holds within
+    teleop_timeout_ms (never replaying the dead operator's last command), the episode in progress is
+    saved whole; a new teleop process on the same address is heard again, and the dataset has every
+    tick exactly once."""
+    root = tmp_path / "ds"
+    wire = WireConfig(daemon_events=free_address(), teleop_state=free_address(), deploy=free_address())
+    cfg = RolloutConfig(
+        robot=SimArmConfig(task="push-v3", seed=3),
+        dataset=DatasetConfig(root=root, repo_id="test/teleop_killed"),
+        wire=wire,
+        episodes=0,
+        fps=FPS,
+        episode_time_s=2.0,  # 60 frames
+        report_cadence=False,
+    )
+    timeout_s = cfg.teleop_timeout_ms / 1000
+    ctx = zmq.Context.instance()
+    link = LoggedRemoteTeleop(ctx, wire.teleop_state, cfg.lockstep_timeout_ms / 1000)
+    daemon = RolloutDaemon(cfg, policy=ConstantPolicy(), link=link)
+    results: list = []
+    runner = threading.Thread(target=lambda: results.extend(daemon.run()), name="test-daemon")
+    saved = LatestValueSubscriber(ctx, [wire.daemon_events], [MessageType.EPISODE_SAVED]).start()
+
+    def saved_up_to(index: int) -> bool:
+        latest = saved.latest(MessageType.EPISODE_SAVED)
+        return latest is not None and latest.message.fields["episode_index"] >= index
+
+    def driven(k: Tick) -> bool:
+        """The operator drove this tick: pedal down and a state fresh enough to act on."""
+        return k.pressed and k.action is not None and k.age_s <= timeout_s
+
+    def operator_ticks(since: float) -> list[Tick]:
+        return [k for k in list(link.ticks) if k.t > since and driven(k)]
+
+    def now_driving(episode: int, frames: range) -> bool:
+        newest = link.ticks[-1] if link.ticks else None
+        return newest is not None and newest.episode == episode and newest.frame in frames and driven(newest)
+
+    first = _start_teleop(wire, tmp_path / "teleop-1.log")
+    second = None
+    killed_episode = 1
+    try:
+        runner.start()  # the daemon waits until it hears the teleop process
+        # Mid-intervention in the second episode, the first one saved: SIGKILL the teleop process.
+        _wait_until(
+            lambda: saved_up_to(killed_episode - 1) and now_driving(killed_episode, range(15, 35)),
+            90,
+            "the operator driving in the middle of episode 1",
+            runner,
+        )
+        first.send_signal(signal.SIGKILL)
+        assert first.wait(timeout=10) == -signal.SIGKILL
+        killed_at = time.monotonic()
+        # With no teleop process, the episode in progress runs to its end and is saved; the next starts.
+        _wait_until(
+            lambda: (
+                saved_up_to(killed_episode)
+                and any(k.episode > killed_episode and k.t > killed_at + timeout_s for k in list(link.ticks))
+            ),
+            30,
+            "the killed episode saved and the next one under way",
+            runner,
+        )
+        # A new teleop process on the same address: the operator drives again.
+        restarted_at = time.monotonic()
+        second = _start_teleop(wire, tmp_path / "teleop-2.log")
+        resumed = _wait_until(
+            lambda: operator_ticks(restarted_at), 60, "operator input after the restart", runner
+        )
+        resumed_episode = resumed[0].episode
+        _wait_until(
+            lambda: link.ticks[-1].episode > resumed_episode, 30, "the resumed episode to end", runner
+        )
+        daemon.stop()  # the episode just begun is discarded, as on any stop
+        runner.join(timeout=60)
+        assert not runner.is_alive()
+        second.terminate()
+        assert second.wait(timeout=10) == 0  # the restarted teleop process stops cleanly
+    finally:
+        for proc in (first, second):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+        if runner.is_alive():
+            daemon.stop()
+            runner.join(timeout=60)
+        saved.stop()
+
+    ticks = list(link.ticks)
+    # Every attempt but the last (stopped) was saved, the killed one included.
+    assert [r.end_reason for r in results][-1] == "stopped"
+    kept = results[:-1]
+    assert all(r.data_type is not None and r.saved for r in kept), results
+    assert len(kept) > resumed_episode > killed_episode
+
+    # Nothing lost, nothing duplicated: each saved episode holds exactly the ticks the daemon ran.
+    dataset = LeRobotDataset("test/teleop_killed", root=root)
+    frames = dataset.hf_dataset.with_format("numpy")[:]
+    episode, frame = frames["episode_index"].reshape(-1), frames["frame_index"].reshape(-1)
+    assert dataset.num_episodes == len(kept)
+    assert list(frames["index"].reshape(-1)) == list(range(dataset.num_frames))
+    assert list(episode_table(dataset)["episode_index"]) == list(range(len(kept)))
+    by_tick = {(k.episode, k.frame): k for k in ticks}
+    assert len(by_tick) == len(ticks)
+    expected = [(k.episode, k.frame) for k in ticks if k.episode < len(kept)]
+    assert list(zip(episode.tolist(), frame.tolist(), strict=True)) == expected
+    for r in kept:
+        assert list(frame[episode == r.index]) == list(range(r.frames))
+    row = {key: i for i, key in enumerate(expected)}
+    action = frames["action"]
+    intervention = frames["intervention"].reshape(-1).astype(bool)
+    # Tagged as interventions: exactly the ticks the operator's command drove.
+    assert [bool(intervention[row[key]]) for key in expected] == [driven(by_tick[key]) for key in expected]
+
+    # Before the kill, and again after the restart, the operator's commands were sent as given.
+    operated = [k for k in operator_ticks(0.0) if k.episode < len(kept)]
+    before = [k for k in operated if k.t < killed_at]
+    after = [k for k in operated if k.t > restarted_at]
+    assert before and after
+    assert {k.episode for k in before} == {0, killed_episode}
+    for k in operated:
+        np.testing.assert_array_equal(action[row[(k.episode, k.frame)]], k.action)
+    assert np.any(before[-1].action != 0.0)  # the dead operator's last command was not a hold
+
+    # After the kill: the loop ran on; from teleop_timeout_ms on, every tick held (zero deltas on the
+    # sim), pedal last seen down, yet not tagged as an intervention, until the new teleop process started.
+    dead = [k for k in ticks if killed_at + timeout_s < k.t < restarted_at]
+    assert {k.episode for k in dead} >= {killed_episode, killed_episode + 1}
+    down = [k.t for k in ticks if killed_at < k.t < restarted_at]
+    assert max(np.diff([killed_at, *down, restarted_at])) < 0.5  # never stalled
+    assert all(k.pressed for k in dead)
+    for k in dead:
+        sent = action[row[(k.episode, k.frame)]]
+        np.testing.assert_array_equal(sent, np.zeros_like(sent))
+        assert not intervention[row[(k.episode, k.frame)]]
+    # The killed episode: ticked to its end (timeout), with the kill in its middle.
+    killed = kept[killed_episode]
+    assert killed.end_reason == "timeout" and killed.frames == cfg.max_episode_steps
+    assert by_tick[(killed_episode, 0)].t < killed_at < by_tick[(killed_episode, killed.frames - 1)].t

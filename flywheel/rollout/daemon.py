@@ -309,9 +309,13 @@ class RolloutDaemon:
             self.viz.log_tick(
                 episode, frame, observation, sent_vec, source, intervening, version, snapshot.pressed
             )
-        self.recorder.add_frame(observation, sent_vec, intervening, version, task)
+        # An intervention frame is one the operator's command drove: frames held because the operator's
+        # stream went stale (a dead teleop process, pedal last seen down) are not corrections, and
+        # labeling would otherwise force them positive.
+        operated = source == "operator"
+        self.recorder.add_frame(observation, sent_vec, operated, version, task)
         state.frames += 1
-        state.intervention_frames += intervening
+        state.intervention_frames += operated
         state.versions.add(version)
 
         if getattr(self.robot, "task_success", lambda: False)():
