@@ -117,6 +117,25 @@ def test_batched_cfg_matches_separate_passes():
     torch.testing.assert_close(guided, x[..., :ACTION_DIM], rtol=1e-4, atol=1e-4)
 
 
+def test_the_indicator_reaches_the_actions_but_not_the_context():
+    """What lets CFG encode the context once: its keys and values do not depend on the indicator,
+    while the prefix the action expert reads does."""
+    policy = PiStarRECAPPolicy(make_config(with_image=True)).eval()
+    batch = make_batch(2, with_image=True)
+    model = policy.model
+    x_t, t = torch.randn(2, CHUNK, policy.config.max_action_dim), torch.full((2,), 0.5)
+    with torch.no_grad():
+        kv_pos, mask_pos = model.encode(policy._prefix_inputs(batch, [POSITIVE] * 2))
+        kv_unc, mask_unc = model.encode(policy._prefix_inputs(batch, [None] * 2))
+        v_pos = model.velocity(x_t, t, kv_pos, mask_pos)
+        v_unc = model.velocity(x_t, t, kv_unc, mask_unc)
+    n_context = model.embed_context(policy._prefix_inputs(batch, [None] * 2))[0].shape[1]
+    for (k_pos, v_pos_), (k_unc, v_unc_) in zip(kv_pos, kv_unc, strict=True):
+        torch.testing.assert_close(k_pos[:, :, :n_context], k_unc[:, :, :n_context])
+        torch.testing.assert_close(v_pos_[:, :, :n_context], v_unc_[:, :, :n_context])
+    assert (v_pos - v_unc).abs().max() > 1e-4
+
+
 def test_indicator_dropout_rate_is_about_point_three():
     policy = PiStarRECAPPolicy(make_config()).train()
     policy.generator = torch.Generator().manual_seed(3)
@@ -344,9 +363,9 @@ def test_images_enter_the_prefix():
     policy = PiStarRECAPPolicy(make_config(with_image=True))
     batch = make_batch(2, with_image=True)
     inputs = policy._prefix_inputs(batch, [POSITIVE] * 2)
-    embs, _ = policy.model.embed_prefix(inputs)
+    embs, _ = policy.model.embed_context(inputs)
     patches = (policy.config.image_size // policy.config.vision_patch_size) ** 2
-    assert embs.shape[1] == patches + 1 + inputs.tokens.shape[1]  # image + state token + prompt
+    assert embs.shape[1] == patches + 1 + inputs.context_tokens.shape[1]  # image + state token + text
     loss, _ = policy.forward(batch)
     loss.backward()
     vision = policy.model.paligemma_with_expert.paligemma.model.vision_tower.vision_model
@@ -418,7 +437,7 @@ def test_local_tokenizer_path_writes_the_state_as_digits(tmp_path: Path):
     fast.save_pretrained(tmp_path)
 
     policy = PiStarRECAPPolicy(make_config(tokenizer_path=str(tmp_path), vocab_size=len(vocab)))
-    ids = policy.tokenizer.encode_prompt("push", [0, 128, 255], "positive")
+    ids = policy.tokenizer.encode_context("push", [0, 128, 255]) + policy.tokenizer.encode_suffix("positive")
     expected = "Task : push , State : 0 128 255 ; Advantage : positive ; Action :"
     assert ids == [vocab[w] for w in expected.split(" ")]
     loss, _ = policy.forward(make_batch(2))

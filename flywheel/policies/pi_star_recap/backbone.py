@@ -90,26 +90,30 @@ class PaliGemmaWithExpert(nn.Module):
     def rotary(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         return self.language_model.rotary_emb(x, positions)
 
-    def encode_prefix(self, embs: Tensor, pad_mask: Tensor) -> list[KV]:
-        """Run the prefix (bidirectional over its valid tokens) and return every layer's K and V."""
-        positions = torch.cumsum(pad_mask.long(), dim=1) - 1
+    def encode_prefix(self, embs: Tensor, positions: Tensor, attention: Tensor) -> list[KV]:
+        """Run the prefix under a boolean [B, 1, L, L] attention mask; return every layer's K and V."""
         cos, sin = self.rotary(embs, positions)
-        mask = pad_mask[:, None, None, :]
         h, kvs = embs, []
         for layer in self.language_model.layers:
-            h, kv = self._run(prefix_layer, layer, h, cos, sin, mask)
+            h, kv = self._run(prefix_layer, layer, h, cos, sin, attention)
             kvs.append(kv)
         return kvs
 
     def run_expert(self, embs: Tensor, cond: Tensor, prefix_kv: list[KV], prefix_mask: Tensor) -> Tensor:
-        """Action tokens attend to the cached prefix KV and to each other (bidirectionally)."""
+        """Action tokens attend to the cached prefix KV and to each other (bidirectionally).
+
+        embs and cond have B rows; prefix_kv and prefix_mask B or branches x B rows (CFG: the same
+        actions under each prompt suffix). The output has the prefix's rows.
+        """
         n_prefix = prefix_mask.sum(dim=1, keepdim=True)
         positions = n_prefix + torch.arange(embs.shape[1], device=embs.device)[None, :]
         cos, sin = self.rotary(embs, positions)
-        own = torch.ones(embs.shape[:2], dtype=torch.bool, device=embs.device)
+        own = torch.ones(prefix_mask.shape[0], embs.shape[1], dtype=torch.bool, device=embs.device)
         mask = torch.cat([prefix_mask, own], dim=1)[:, None, None, :]
         h = embs
         for layer, kv in zip(self.gemma_expert.model.layers, prefix_kv, strict=True):
             h = self._run(layer, h, cond, cos, sin, kv, mask)
+            # The first layer fans B action rows out to the prefix's branches x B rows (CFG).
+            cond = cond.repeat(h.shape[0] // cond.shape[0], 1)
         out, _ = self.gemma_expert.model.norm(h, cond)
         return out

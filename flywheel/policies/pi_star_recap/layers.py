@@ -37,12 +37,18 @@ class AdaptiveRMSNorm(nn.Module):
         return (normed * (1 + scale) + shift).to(x.dtype), gate.to(x.dtype)
 
 
-def project_qkv(attn: GemmaAttention, x: Tensor, cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """q, k, v as [batch, heads, tokens, head_dim] with rotary positions applied to q and k."""
+def project_qkv(
+    attn: GemmaAttention, x: Tensor, cos: Tensor, sin: Tensor, branches: int = 1
+) -> tuple[Tensor, Tensor, Tensor]:
+    """q, k, v as [batch, heads, tokens, head_dim] with rotary positions applied to q and k.
+
+    `branches` > 1 repeats the projections along the batch before the rotary step (whose positions
+    differ per CFG branch), so rows that are the same in every branch are projected once.
+    """
     shape = (*x.shape[:-1], -1, attn.head_dim)
-    q = attn.q_proj(x).view(shape).transpose(1, 2)
-    k = attn.k_proj(x).view(shape).transpose(1, 2)
-    v = attn.v_proj(x).view(shape).transpose(1, 2)
+    q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    if branches > 1:
+        q, k, v = (t.repeat(branches, 1, 1, 1) for t in (q, k, v))
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     return q, k, v
 
@@ -50,12 +56,22 @@ def project_qkv(attn: GemmaAttention, x: Tensor, cos: Tensor, sin: Tensor) -> tu
 def attend(attn: GemmaAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     """Grouped-query attention (Gemma: 1/sqrt(head_dim) scaling); mask is boolean, True = may attend.
 
-    K and V are repeated to all query heads: in a CPU micro-benchmark SDPA's own `enable_gqa` combined
-    with a mask was 2-3x slower than this (the whole chunk latency did not measurably change).
+    With a mask per key ([B, 1, 1, S]: the action expert), the query heads that share a key/value
+    head are folded into the query axis, so one SDPA call serves them without copying K and V per
+    head (about 10% faster than the copy for the tiny expert on the CPU). A mask per query and key
+    (the prefix) would have to be copied per head instead, so there K and V are repeated. SDPA's
+    own `enable_gqa` with a mask was 2-3x slower than either on the CPU.
     """
-    groups = q.shape[1] // k.shape[1]
-    k, v = (x.to(q.dtype).repeat_interleave(groups, dim=1) if groups > 1 else x.to(q.dtype) for x in (k, v))
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    batch, heads, tokens, dim = q.shape
+    groups = heads // k.shape[1]
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    if mask.shape[-2] == 1:
+        folded = q.reshape(batch, k.shape[1], groups * tokens, dim)
+        out = F.scaled_dot_product_attention(folded, k, v, attn_mask=mask).reshape(q.shape)
+    else:
+        if groups > 1:
+            k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return attn.o_proj(out.transpose(1, 2).flatten(2))
 
 
@@ -80,8 +96,13 @@ class ExpertLayer(nn.Module):
     def forward(
         self, h: Tensor, cond: Tensor, cos: Tensor, sin: Tensor, prefix_kv: KV, mask: Tensor
     ) -> Tensor:
+        """h and cond may have B rows against a prefix of branches x B rows (CFG): the action tokens
+        are the same in every branch until they attend to the prefix, so here they fan out."""
         x, gate = self.input_layernorm(h, cond)
-        q, k, v = project_qkv(self.self_attn, x, cos, sin)
+        branches = prefix_kv[0].shape[0] // h.shape[0]
+        q, k, v = project_qkv(self.self_attn, x, cos, sin, branches)
+        if branches > 1:
+            h, gate, cond = (t.repeat(branches, *[1] * (t.dim() - 1)) for t in (h, gate, cond))
         k = torch.cat([prefix_kv[0].to(k.dtype), k], dim=2)
         v = torch.cat([prefix_kv[1].to(v.dtype), v], dim=2)
         h = h + gate * attend(self.self_attn, q, k, v, mask)

@@ -25,7 +25,8 @@ from flywheel.policies.pi_star_recap.prompt import (
     POSITIVE,
     discretize_state,
     indicators_from_labels,
-    tokenize_prompts,
+    tokenize_contexts,
+    tokenize_suffixes,
 )
 from flywheel.policies.pi_star_recap.tokenizer import make_tokenizer
 from flywheel.policies.pi_star_recap.weights import load_pretrained
@@ -130,24 +131,22 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
 
     # ----------------------------------------------------------------------------- inputs
     def _prefix_inputs(self, batch: dict, indicators: list[str | None], repeat: int = 1) -> PrefixInputs:
-        """Prefix inputs for the batch; `indicators` has repeat * B entries (CFG stacks prompts)."""
+        """Prefix inputs for the batch; `indicators` has repeat * B entries (CFG stacks suffixes)."""
         timed = bi.has_time_axis(batch)
         device = next(self.model.parameters()).device
         state = bi.frame(batch[OBS_STATE], 0, timed).to(device)
         bsize = state.shape[0]
+        if len(indicators) != repeat * bsize:
+            raise ValueError(f"indicators: {len(indicators)} for {repeat} x {bsize} rows")
         images, masks = bi.camera_images(
             batch, list(self.config.image_features), self.config.image_size, timed, device
         )
         bins = discretize_state(state, self.config.max_state_dim)
-        tokens, token_mask = tokenize_prompts(
-            self.tokenizer,
-            bi.tasks_of(batch, bsize) * repeat,
-            bins * repeat,
-            indicators,
-            self.config.tokenizer_max_length,
-            device,
-        )
-        return PrefixInputs(images, masks, tokens, token_mask, state, repeat)
+        tasks = bi.tasks_of(batch, bsize)
+        max_length = self.config.tokenizer_max_length
+        context, context_mask = tokenize_contexts(self.tokenizer, tasks, bins, max_length, device)
+        suffix, suffix_mask = tokenize_suffixes(self.tokenizer, indicators, device)
+        return PrefixInputs(images, masks, context, context_mask, suffix, suffix_mask, state, repeat)
 
     def _training_indicators(self, batch: dict, bsize: int) -> list[str | None]:
         if self.config.advantage_estimator == "iql":

@@ -20,13 +20,16 @@ from flywheel.policies.pi_star_recap.layers import KV
 
 @dataclass
 class PrefixInputs:
-    """Everything the prefix sees. With `repeat` = 2 (CFG) the prompts have 2B rows while images and
-    state keep B rows: they are embedded once and their tokens reused for both prompt halves."""
+    """Everything the prefix sees. The context (images, state token, task and state text) has B rows;
+    the suffix (indicator and "Action: ") has repeat * B rows: 2B under CFG, positive rows first. The
+    context is embedded and encoded once and its keys and values reused by every suffix row."""
 
     images: list[Tensor]  # each [B, 3, S, S] in [-1, 1]
     image_masks: list[Tensor]  # each [B] bool: False for a camera absent from the batch
-    tokens: Tensor  # [repeat * B, L] prompt ids
-    token_mask: Tensor  # [repeat * B, L] bool
+    context_tokens: Tensor  # [B, Lc] prompt ids
+    context_mask: Tensor  # [B, Lc] bool
+    suffix_tokens: Tensor  # [repeat * B, Ls] prompt ids
+    suffix_mask: Tensor  # [repeat * B, Ls] bool
     state: Tensor  # [B, state_dim] normalized, for the continuous state token
     repeat: int = 1
 
@@ -52,29 +55,49 @@ class PiStarRECAPNetwork(nn.Module):
     def backbone_dtype(self) -> torch.dtype:
         return self.paligemma_with_expert.language_model.embed_tokens.weight.dtype
 
-    def embed_prefix(self, inp: PrefixInputs) -> tuple[Tensor, Tensor]:
-        """[image tokens per camera] + [continuous state token] + [prompt tokens], with validity mask."""
+    def embed_context(self, inp: PrefixInputs) -> tuple[Tensor, Tensor]:
+        """[image tokens per camera] + [continuous state token] + [context tokens], with validity mask."""
         pg = self.paligemma_with_expert
         dtype = self.backbone_dtype
         embs, masks = [], []
-        r = inp.repeat
         for img, img_mask in zip(inp.images, inp.image_masks, strict=True):
-            tokens = pg.embed_image(img.to(dtype)).repeat(r, 1, 1)
+            tokens = pg.embed_image(img.to(dtype))
             embs.append(tokens)
-            masks.append(img_mask.repeat(r)[:, None].expand(-1, tokens.shape[1]))
+            masks.append(img_mask[:, None].expand(-1, tokens.shape[1]))
         if self.cfg.continuous_state_token:
-            embs.append(self.state_token_proj(inp.state.float())[:, None].to(dtype).repeat(r, 1, 1))
-            masks.append(torch.ones_like(inp.token_mask[:, :1]))
-        embs.append(pg.embed_tokens(inp.tokens).to(dtype))
-        masks.append(inp.token_mask)
+            embs.append(self.state_token_proj(inp.state.float())[:, None].to(dtype))
+            masks.append(torch.ones_like(inp.context_mask[:, :1]))
+        embs.append(pg.embed_tokens(inp.context_tokens).to(dtype))
+        masks.append(inp.context_mask)
         return torch.cat(embs, dim=1), torch.cat(masks, dim=1)
 
     def encode(self, inp: PrefixInputs) -> tuple[list[KV], Tensor]:
-        embs, mask = self.embed_prefix(inp)
-        return self.paligemma_with_expert.encode_prefix(embs, mask), mask
+        """Per-layer keys and values of the prefix, one row per branch and sample, and their mask.
+
+        Each sample is ONE sequence: its context, then the suffix of every branch (one without CFG,
+        positive and unconditioned with it). The context attends only to itself and each suffix to
+        the context and itself, so the context is encoded once however many branches there are.
+        """
+        pg = self.paligemma_with_expert
+        context, context_valid = self.embed_context(inp)
+        bsize, n_context = context_valid.shape
+        branches, n_suffix = inp.repeat, inp.suffix_tokens.shape[1]
+        suffix = pg.embed_tokens(inp.suffix_tokens).to(self.backbone_dtype)
+        # [branches * B, Ls] (branch-major) -> [B, branches * Ls]: each sample's suffixes in a row.
+        suffix = suffix.view(branches, bsize, n_suffix, -1).transpose(0, 1).flatten(1, 2)
+        suffix_valid = inp.suffix_mask.view(branches, bsize, n_suffix).transpose(0, 1)
+        valid = torch.cat([context_valid, suffix_valid.flatten(1)], dim=1)
+        kv = pg.encode_prefix(
+            torch.cat([context, suffix], dim=1),
+            _prefix_positions(context_valid, suffix_valid),
+            _prefix_attention(valid, n_context, branches, n_suffix),
+        )
+        return _per_branch(kv, valid, n_context, branches, n_suffix)
 
     def velocity(self, x_t: Tensor, t: Tensor, prefix_kv: list[KV], prefix_mask: Tensor) -> Tensor:
-        """Predicted flow velocity for noisy actions x_t at times t, given the cached prefix."""
+        """Predicted flow velocity for noisy actions x_t at times t, given the cached prefix.
+
+        x_t and t have B rows; the result has the prefix's rows (B, or 2B under CFG)."""
         dtype = self.backbone_dtype
         width = self.cfg.expert_width
         time_emb = sinusoidal_embedding(t, width, self.cfg.min_period, self.cfg.max_period)
@@ -103,8 +126,8 @@ class PiStarRECAPNetwork(nn.Module):
     def sample(self, inp: PrefixInputs, noise: Tensor, cfg_scale: float = 1.0) -> Tensor:
         """Euler integration from noise (t=1) to actions (t=0), the prefix KV computed once.
 
-        With cfg_scale > 1 the batch of `inp` holds 2B rows, positive prompts first, unconditioned
-        second; every step runs the expert once on the 2B rows and mixes
+        With cfg_scale > 1 the prefix of `inp` holds 2B rows (positive suffixes first, unconditioned
+        second); every step runs the expert once on the B noisy chunks against both, and mixes
         v = v_uncond + beta * (v_pos - v_uncond).
         """
         prefix_kv, prefix_mask = self.encode(inp)
@@ -112,11 +135,45 @@ class PiStarRECAPNetwork(nn.Module):
         steps = self.cfg.num_inference_steps
         x_t, dt = noise, -1.0 / steps
         for step in range(steps):
-            t = torch.full((prefix_mask.shape[0],), 1.0 + step * dt, device=noise.device)
-            x_in = torch.cat([x_t, x_t]) if guided else x_t
-            v = self.velocity(x_in, t, prefix_kv, prefix_mask)
+            t = torch.full((noise.shape[0],), 1.0 + step * dt, device=noise.device)
+            v = self.velocity(x_t, t, prefix_kv, prefix_mask)
             if guided:
                 v_pos, v_uncond = v.chunk(2)
                 v = v_uncond + cfg_scale * (v_pos - v_uncond)
             x_t = x_t + dt * v
         return x_t
+
+
+def _prefix_positions(context_valid: Tensor, suffix_valid: Tensor) -> Tensor:
+    """Rotary positions [B, Lc + branches * Ls]: every branch's suffix continues right after the
+    context's valid tokens, as if it were the only one (padding takes no position)."""
+    context = torch.cumsum(context_valid.long(), dim=1) - 1
+    after = context_valid.sum(dim=1)[:, None, None]
+    suffix = after + torch.cumsum(suffix_valid.long(), dim=2) - 1
+    return torch.cat([context, suffix.flatten(1)], dim=1)
+
+
+def _prefix_attention(valid: Tensor, n_context: int, branches: int, n_suffix: int) -> Tensor:
+    """Boolean [B, 1, L, L] (query x key): keys must be valid; context keys are seen by every query,
+    suffix keys only by queries of the same suffix."""
+    segment = torch.arange(branches + 1, device=valid.device).repeat_interleave(
+        torch.tensor([n_context] + [n_suffix] * branches, device=valid.device)
+    )
+    visible = (segment[None, :] == 0) | (segment[:, None] == segment[None, :])
+    return visible[None, None] & valid[:, None, None, :]
+
+
+def _per_branch(
+    kv: list[KV], valid: Tensor, n_context: int, branches: int, n_suffix: int
+) -> tuple[list[KV], Tensor]:
+    """[B, ..., Lc + branches * Ls, ...] -> [branches * B, ..., Lc + Ls, ...] (branch-major): what
+    the action expert of each branch attends to, and the matching validity mask."""
+    if branches == 1:
+        return kv, valid
+
+    def split(x: Tensor, dim: int) -> Tensor:
+        context = x.narrow(dim, 0, n_context)
+        own = (x.narrow(dim, n_context + i * n_suffix, n_suffix) for i in range(branches))
+        return torch.cat([torch.cat([context, part], dim=dim) for part in own], dim=0)
+
+    return [(split(k, 2), split(v, 2)) for k, v in kv], split(valid, 1)

@@ -1,4 +1,10 @@
-"""Building the prefix prompt: task text, 256-bin state, and the RECAP advantage indicator."""
+"""Building the prefix prompt: task text, 256-bin state, and the RECAP advantage indicator.
+
+A prompt is a context ("Task: ..., State: ...;\\n"), shared by the positive and unconditioned branches
+of classifier-free guidance, and a suffix ("Advantage: positive;\\nAction: ", or "Action: " when the
+indicator is dropped). The network lets the suffix attend to the context but not the other way round,
+so the context is encoded once for both branches.
+"""
 
 import torch
 from torch import Tensor
@@ -32,23 +38,32 @@ def indicators_from_labels(positive: Tensor, dropout: float, generator: torch.Ge
     return [None if d else w for w, d in zip(words, drop.tolist(), strict=True)]
 
 
-def tokenize_prompts(
+def tokenize_contexts(
     tokenizer: PromptTokenizer,
     tasks: list[str],
     state_bins: list[list[int]],
-    indicators: list[str | None],
     max_length: int,
     device: torch.device,
 ) -> tuple[Tensor, Tensor]:
-    """Right-padded token ids and their validity mask, padded to the longest prompt of the batch."""
-    ids = [
-        tokenizer.encode_prompt(task, bins, ind)[:max_length]
-        for task, bins, ind in zip(tasks, state_bins, indicators, strict=True)
-    ]
-    length = max(len(x) for x in ids)
-    tokens = torch.full((len(ids), length), tokenizer.pad_id, dtype=torch.long)
-    mask = torch.zeros((len(ids), length), dtype=torch.bool)
-    for i, row in enumerate(ids):
+    """The shared part of each prompt (task and state), truncated to max_length tokens."""
+    pairs = zip(tasks, state_bins, strict=True)
+    rows = [tokenizer.encode_context(task, bins)[:max_length] for task, bins in pairs]
+    return _right_padded(rows, tokenizer.pad_id, device)
+
+
+def tokenize_suffixes(
+    tokenizer: PromptTokenizer, indicators: list[str | None], device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """The per-branch end of each prompt: the indicator (absent when dropped), then "Action: "."""
+    return _right_padded([tokenizer.encode_suffix(ind) for ind in indicators], tokenizer.pad_id, device)
+
+
+def _right_padded(rows: list[list[int]], pad_id: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Token ids [len(rows), longest] and their validity mask."""
+    length = max(len(x) for x in rows)
+    tokens = torch.full((len(rows), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.bool)
+    for i, row in enumerate(rows):
         tokens[i, : len(row)] = torch.tensor(row, dtype=torch.long)
         mask[i, : len(row)] = True
     return tokens.to(device), mask.to(device)

@@ -19,9 +19,14 @@ BYTE_VOCAB_SIZE = EOS_ID + 1
 
 
 class PromptTokenizer(Protocol):
+    """A prompt is two pieces: the context (task and state), which every CFG branch shares, and the
+    suffix (advantage indicator, then "Action: "), which differs between branches."""
+
     pad_id: int
 
-    def encode_prompt(self, task: str, state_bins: list[int], indicator: str | None) -> list[int]: ...
+    def encode_context(self, task: str, state_bins: list[int]) -> list[int]: ...
+
+    def encode_suffix(self, indicator: str | None) -> list[int]: ...
 
 
 def clean_task(task: str) -> str:
@@ -42,13 +47,16 @@ class ByteTokenizer:
     def encode_text(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def encode_prompt(self, task: str, state_bins: list[int], indicator: str | None) -> list[int]:
+    def encode_context(self, task: str, state_bins: list[int]) -> list[int]:
         return (
             [BOS_ID]
             + self.encode_text(f"Task: {clean_task(task)}, State: ")
             + [STATE_BIN_OFFSET + b for b in state_bins]
-            + self.encode_text(";\n" + indicator_text(indicator) + "Action: ")
+            + self.encode_text(";\n")
         )
+
+    def encode_suffix(self, indicator: str | None) -> list[int]:
+        return self.encode_text(indicator_text(indicator) + "Action: ")
 
 
 class SentencePieceTokenizer:
@@ -60,10 +68,13 @@ class SentencePieceTokenizer:
         self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
 
-    def encode_prompt(self, task: str, state_bins: list[int], indicator: str | None) -> list[int]:
+    def encode_context(self, task: str, state_bins: list[int]) -> list[int]:
         state_str = " ".join(map(str, state_bins))
-        text = f"Task: {clean_task(task)}, State: {state_str};\n{indicator_text(indicator)}Action: "
+        text = f"Task: {clean_task(task)}, State: {state_str};\n"
         return self._tok(text, add_special_tokens=True)["input_ids"]
+
+    def encode_suffix(self, indicator: str | None) -> list[int]:
+        return self._tok(f"{indicator_text(indicator)}Action: ", add_special_tokens=False)["input_ids"]
 
 
 def make_tokenizer(tokenizer_path: str | None) -> PromptTokenizer:
