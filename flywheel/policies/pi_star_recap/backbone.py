@@ -13,7 +13,7 @@ from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from transformers.models.paligemma.modeling_paligemma import PaliGemmaModel
 
 from flywheel.policies.pi_star_recap.configuration_pi_star_recap import PiStarRECAPConfig
-from flywheel.policies.pi_star_recap.layers import KV, GemmaExpert, prefix_layer
+from flywheel.policies.pi_star_recap.layers import KV, GemmaExpert, fan_out, prefix_layer
 
 
 def _gemma_config(cfg: PiStarRECAPConfig, width: int, depth: int, mlp_dim: int) -> GemmaConfig:
@@ -114,6 +114,6 @@ class PaliGemmaWithExpert(nn.Module):
         for layer, kv in zip(self.gemma_expert.model.layers, prefix_kv, strict=True):
             h = self._run(layer, h, cond, cos, sin, kv, mask)
             # The first layer fans B action rows out to the prefix's branches x B rows (CFG).
-            cond = cond.repeat(h.shape[0] // cond.shape[0], 1)
+            cond = fan_out(cond, h.shape[0] // cond.shape[0])
         out, _ = self.gemma_expert.model.norm(h, cond)
         return out

@@ -37,6 +37,14 @@ class AdaptiveRMSNorm(nn.Module):
         return (normed * (1 + scale) + shift).to(x.dtype), gate.to(x.dtype)
 
 
+def fan_out(x: Tensor, branches: int) -> Tensor:
+    """x's B rows repeated for each CFG branch (branch-major). With one row, as the rollout daemon has,
+    a stride-0 view: the next op writes the copies anyway, and a `repeat` costs more than the copy."""
+    if x.shape[0] == 1:
+        return x.expand(branches, *x.shape[1:])
+    return x.repeat(branches, *[1] * (x.dim() - 1))
+
+
 def project_qkv(
     attn: GemmaAttention, x: Tensor, cos: Tensor, sin: Tensor, branches: int = 1
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -48,7 +56,7 @@ def project_qkv(
     shape = (*x.shape[:-1], -1, attn.head_dim)
     q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
     if branches > 1:
-        q, k, v = (t.repeat(branches, 1, 1, 1) for t in (q, k, v))
+        q, k, v = (fan_out(t, branches) for t in (q, k, v))
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     return q, k, v
 
@@ -102,7 +110,7 @@ class ExpertLayer(nn.Module):
         branches = prefix_kv[0].shape[0] // h.shape[0]
         q, k, v = project_qkv(self.self_attn, x, cos, sin, branches)
         if branches > 1:
-            h, gate, cond = (t.repeat(branches, *[1] * (t.dim() - 1)) for t in (h, gate, cond))
+            h, gate, cond = (fan_out(t, branches) for t in (h, gate, cond))
         k = torch.cat([prefix_kv[0].to(k.dtype), k], dim=2)
         v = torch.cat([prefix_kv[1].to(v.dtype), v], dim=2)
         h = h + gate * attend(self.self_attn, q, k, v, mask)
