@@ -7,7 +7,14 @@ each injected on a schedule while the daemon runs at 30 Hz:
   - a good deploy (a real hot-swap), alternating between two versions.
 It reports episodes recorded, faults injected and survived (the daemon kept running and never
 acted on anything bad), frames lost (frames the daemon counted against frames in the dataset:
-must be 0) and memory growth of the process.
+must be 0) and memory growth of the process: in all (first tick to the end), and the steady-state
+rate over the second half of the run (after warm-up), as least-squares slopes of the RSS sampled
+once per cycle against minutes, hot-swaps and episodes. Swaps and episodes both come at a steady
+rate here, so the per-swap and per-episode slopes are the same growth counted two ways: each bounds
+what one swap or one episode can cost, neither tells which of them drives it. It also reports how
+much the run wrote into the Hugging Face datasets cache (a private one for the run, so that other
+processes' writes are not counted), which a reload of the episode table after every saved episode
+once grew quadratically.
 """
 
 from __future__ import annotations
@@ -16,7 +23,10 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
+import datasets
+import numpy as np
 import psutil
 import zmq
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
@@ -62,6 +72,12 @@ def raw_request(ctx: zmq.Context, address: str, frames: list[bytes], timeout_s: 
 
 
 def soak(work: Path, minutes: float) -> dict[str, Any]:
+    cache = work / "datasets-cache"
+    with mock.patch.object(datasets.config, "HF_DATASETS_CACHE", cache):
+        return _soak(work, minutes, cache)
+
+
+def _soak(work: Path, minutes: float, cache: Path) -> dict[str, Any]:
     registry = ModelRegistry(work / "models")
     for seed in (0, 1):
         registry.publish(tiny_sim_checkpoint(work / f"ckpt-{seed}", seed=seed, chunk_size=10))
@@ -82,6 +98,7 @@ def soak(work: Path, minutes: float) -> dict[str, Any]:
     injected: dict[str, int] = {"hostile_messages": 0, "garbage_deploys": 0, "corrupt_deploys": 0, "swaps": 0}
     refused = 0
     rss_start = None
+    samples: list[tuple[float, int, int, int]] = []  # minutes, RSS, swaps so far, episodes so far
     ctx = zmq.Context.instance()
     alive = True
     deadline = time.monotonic() + minutes * 60
@@ -89,6 +106,7 @@ def soak(work: Path, minutes: float) -> dict[str, Any]:
         while daemon._last_observation is None:
             time.sleep(0.1)
         rss_start = process.memory_info().rss
+        t0 = time.monotonic()
         cycle = 0
         while time.monotonic() < deadline and runner.is_alive():
             cycle += 1
@@ -107,11 +125,20 @@ def soak(work: Path, minutes: float) -> dict[str, Any]:
             status = request(ctx, wire.deploy, MessageType.DEPLOY, fields, 60).fields["status"]
             injected["swaps"] += status in ("swapped", "queued")
             time.sleep(10)
+            samples.append(
+                (
+                    (time.monotonic() - t0) / 60,
+                    process.memory_info().rss,
+                    injected["swaps"],
+                    len(daemon.results),
+                )
+            )
         alive = runner.is_alive()
     finally:
         daemon.stop()
         runner.join(timeout=120)
     rss_end = process.memory_info().rss
+    cache_written = _tree_bytes(cache)  # before the dataset is read back below
     counted = sum(r.frames for r in daemon.results if r.data_type is not None)
     on_disk = LeRobotDataset("soak/data", root=work / "data").num_frames
     return {
@@ -125,7 +152,36 @@ def soak(work: Path, minutes: float) -> dict[str, Any]:
         "daemon_alive_to_the_end": alive,
         "frames_lost": counted - on_disk,
         "memory_growth_mb": (rss_end - (rss_start or rss_end)) / 2**20,
+        **_steady_state_growth(samples),
+        "datasets_cache_written_mb": cache_written / 2**20,
     }
+
+
+STEADY_STATE_MIN_SAMPLES = 6  # a minute of cycles: RSS moves by 1-2 MB from one sample to the next
+
+
+def _steady_state_growth(samples: list[tuple[float, int, int, int]]) -> dict[str, float | None]:
+    """RSS growth over the second half of the samples, and its least-squares slope against minutes,
+    swaps and episodes there. None when the second half is shorter than a minute (the one-minute
+    --quick run): over a few samples the slope is noise."""
+    half = np.asarray(samples[len(samples) // 2 :], dtype=float).reshape(-1, 4)
+    minutes, rss_mb, swaps, episodes = half.T
+    rss_mb = rss_mb / 2**20
+    enough = len(half) >= STEADY_STATE_MIN_SAMPLES
+
+    def slope(x: np.ndarray) -> float | None:
+        return float(np.polyfit(x, rss_mb, 1)[0]) if enough and len(np.unique(x)) >= 2 else None
+
+    return {
+        "memory_growth_second_half_mb": float(rss_mb[-1] - rss_mb[0]) if enough else None,
+        "memory_mb_per_minute_second_half": slope(minutes),
+        "memory_mb_per_swap_second_half": slope(swaps),
+        "memory_mb_per_episode_second_half": slope(episodes),
+    }
+
+
+def _tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
 
 
 def _corrupted_copy(registry: ModelRegistry, work: Path) -> dict:

@@ -30,9 +30,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import datasets
 import pandas as pd
-from lerobot.datasets.lerobot_dataset import LeRobotDataset
-from lerobot.datasets.utils import hw_to_dataset_features, load_episodes
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from datasets.fingerprint import generate_random_fingerprint
+from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+from lerobot.datasets.utils import DEFAULT_EPISODES_PATH, hw_to_dataset_features
 
 log = logging.getLogger(__name__)
 
@@ -176,8 +181,35 @@ def _seal(dataset: LeRobotDataset) -> None:
     dataset.finalize()
     dataset._writer_closed_for_reading = True  # data: the next episode goes to the next file
     # metadata: back to the state of a freshly opened dataset, whose next episode takes a new file
-    dataset.meta.episodes = load_episodes(dataset.root)
+    dataset.meta.episodes = _with_latest_episode(dataset.meta)
     dataset.meta.latest_episode = None
+
+
+def _with_latest_episode(meta: LeRobotDatasetMetadata) -> datasets.Dataset:
+    """`meta.episodes` (what LeRobot's load_episodes gives: every saved episode, no stats/ columns)
+    plus the episode just saved, read from its own metadata file and kept in memory.
+
+    Not load_episodes(root): that reads every episode's file again through
+    datasets.Dataset.from_parquet, which writes a new Arrow copy of the whole episode table into
+    ~/.cache/huggingface/datasets on every call. Once per saved episode, that made each save slower
+    than the last, filled the disk quadratically (a new cache folder per episode, each the size of
+    the whole table) and grew the daemon's RSS by 0.3-0.5 MB per episode: freed but fragmented
+    glibc heap (live allocations stayed flat; malloc_trim gave most of it back). It was all of the
+    soak's steady growth, about 3 MB a minute (tests/test_memory.py, benchmarks/soak.py).
+    """
+    latest = meta.latest_episode  # the row LeRobot just wrote (the metadata buffer holds one)
+    path = meta.root / DEFAULT_EPISODES_PATH.format(
+        chunk_index=latest["meta/episodes/chunk_index"][0], file_index=latest["meta/episodes/file_index"][0]
+    )
+    new = pq.read_table(path)
+    new = new.select([c for c in new.column_names if not c.startswith("stats/")])
+    if meta.episodes is not None and len(meta.episodes) > 0:
+        new = new.filter(pc.greater(new["episode_index"], meta.episodes[-1]["episode_index"]))
+        # One chunk per column, not one more per episode: copying the small table is cheaper.
+        new = pa.concat_tables([meta.episodes.data.table, new], promote_options="permissive")
+        new = new.combine_chunks()
+    # A fingerprint given, not computed: datasets would hash the whole table on every save.
+    return datasets.Dataset(new, fingerprint=generate_random_fingerprint())
 
 
 def quarantine_unindexed_files(root: Path) -> list[Path]:
