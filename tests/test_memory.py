@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import gc
 import threading
-import time
 import weakref
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from flywheel.protocol import MessageType, request
 from flywheel.rollout.daemon import RolloutDaemon
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import SimArmConfig
+from tests.test_hotswap import _fields, _wait_for_frames
 from tests.test_rollout import FramePedal, ScriptedOperator
 from trainer.registry import ModelRegistry
 
@@ -116,16 +116,9 @@ def test_hot_swapped_out_policies_are_freed(tmp_path):
     runner.start()
     statuses = []
     try:
-        deadline = time.monotonic() + 60
-        while daemon._last_observation is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        _wait_for_frames(daemon, 1)
         for swap in range(8):
-            version = 2 if swap % 2 == 0 else 1
-            fields = {
-                "version": version,
-                "path": str(registry.path(version)),
-                "sha256": registry.manifest(version).sha256,
-            }
+            fields = _fields(registry, 2 if swap % 2 == 0 else 1)
             reply = request(daemon._ctx, wire.deploy, MessageType.DEPLOY, fields, timeout_s=60)
             statuses.append(reply.fields["status"])
     finally:
