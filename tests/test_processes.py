@@ -146,6 +146,55 @@ def test_flywheel_run_records_episodes_with_interventions_as_printed(tmp_path):
     assert Path(tmp_path / "run" / "teleop.log").exists()
 
 
+@pytest.mark.timeout(180)
+def test_flywheel_run_restarts_a_killed_child_with_backoff_and_says_so(tmp_path):
+    """SIGKILL `flywheel run`'s teleop child after the first episode: the supervisor says so,
+    restarts it after its 1 s backoff, and the run still ends normally with every episode saved."""
+    root = tmp_path / "ds"
+    cmd = flywheel(
+        "run", "--robot", "sim", "--episodes", "4", "--fps=30", "--episode_time_s=2",
+        f"--dataset.root={root}", f"--wire.daemon_events={free_address()}",
+        f"--wire.teleop_state={free_address()}", f"--wire.deploy={free_address()}",
+        f"--run_dir={tmp_path / 'run'}",
+    )  # fmt: skip
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []  # stderr: the supervisor's and the daemon's logs, read as they come
+    stdout: list[str] = []
+    readers = [
+        threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True),
+        threading.Thread(target=lambda: stdout.extend(proc.stdout), daemon=True),
+    ]
+    for reader in readers:
+        reader.start()
+
+    def started(name: str) -> list[int]:
+        return [int(m) for line in list(lines) for m in re.findall(rf"started {name} \(pid (\d+)\)", line)]
+
+    try:
+        deadline = time.monotonic() + 90
+        while not (started("teleop") and started("rollout")) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        [first] = started("teleop")
+        while not any("episode 0:" in line for line in list(lines)) and time.monotonic() < deadline:
+            time.sleep(0.05)  # mid-run: the first episode recorded with the operator connected
+        os.kill(first, signal.SIGKILL)
+        proc.wait(timeout=150)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    for reader in readers:
+        reader.join(timeout=10)
+    log = "".join(lines)
+    assert proc.returncode == 0, log[-3000:]
+    assert re.search(r"teleop exited with -9; restarting in 1 s \(1/\d+\)", log), log[-3000:]
+    teleops = started("teleop")
+    assert len(teleops) == 2 and teleops[1] != first, log[-3000:]
+    table = "".join(stdout)
+    assert len(re.findall(r"^\s+\d+\s+\d+\s+(?:True|False)\s+\w+\s+\d+\s+yes\s+\w+$", table, re.M)) == 4
+    assert LeRobotDataset("test/run", root=root).num_episodes == 4
+
+
 # --- the teleop process SIGKILLed mid-intervention -------------------------------------------------
 
 FPS = 30
