@@ -169,7 +169,8 @@ def _wait(condition, timeout: float = 60.0) -> None:
 
 
 def select_action(work: Path, quick: bool) -> dict[str, Any]:
-    """Latency of one action chunk (chunk 50, 10 denoising steps), unguided and with CFG beta=2."""
+    """Latency of one action chunk (chunk 50, 10 denoising steps), unguided and with CFG beta=2, on
+    one torch thread (the daemon's default, policy.torch_threads) and, for comparison, on two."""
     from flywheel.dataset import dataset_features
     from flywheel.policy_source import LeRobotChunkPolicy
     from robots.sim import ACTION_NAMES
@@ -177,23 +178,24 @@ def select_action(work: Path, quick: bool) -> dict[str, Any]:
     features = dataset_features({n: float for n in STATE_NAMES}, {n: float for n in ACTION_NAMES}, False)
     obs = dict.fromkeys(STATE_NAMES, 0.1)
     calls = 20 if quick else 60
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as in the daemon (policy.torch_threads)
+    threads_before = torch.get_num_threads()
     out: dict[str, Any] = {"torch_threads": 1}
-    for label, beta in (("unguided", 1.0), ("cfg2", 2.0)):
-        policy = LeRobotChunkPolicy(
-            tiny_sim_checkpoint(work / label, cfg_scale=beta), features, list(ACTION_NAMES), 1, "cpu"
-        )
-        for _ in range(3):
-            policy.predict_chunk(obs, "push the puck to the goal")
-        times = []
-        for _ in range(calls):
-            start = time.perf_counter()
-            policy.predict_chunk(obs, "push the puck to the goal")
-            times.append((time.perf_counter() - start) * 1000)
-        out |= percentiles(times, f"chunk_{label}")
-    out["cfg_over_unguided_p50"] = out["chunk_cfg2_p50_ms"] / out["chunk_unguided_p50_ms"]
-    torch.set_num_threads(threads)
+    for threads, suffix in ((1, ""), (2, "_2threads")):
+        torch.set_num_threads(threads)
+        for label, beta in (("unguided", 1.0), ("cfg2", 2.0)):
+            checkpoint = tiny_sim_checkpoint(work / f"{label}{suffix}", cfg_scale=beta)
+            policy = LeRobotChunkPolicy(checkpoint, features, list(ACTION_NAMES), threads, "cpu")
+            for _ in range(3):
+                policy.predict_chunk(obs, "push the puck to the goal")
+            times = []
+            for _ in range(calls):
+                start = time.perf_counter()
+                policy.predict_chunk(obs, "push the puck to the goal")
+                times.append((time.perf_counter() - start) * 1000)
+            out |= percentiles(times, f"chunk_{label}{suffix}")
+        ratio = out[f"chunk_cfg2{suffix}_p50_ms"] / out[f"chunk_unguided{suffix}_p50_ms"]
+        out[f"cfg_over_unguided{suffix}_p50"] = ratio
+    torch.set_num_threads(threads_before)
     return out
 
 
