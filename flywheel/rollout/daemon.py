@@ -305,14 +305,14 @@ class RolloutDaemon:
         action = self.safety.apply(action, hold)
         sent = self.robot.send_action(dict(zip(self.action_names, action.tolist(), strict=True)))
         sent_vec = np.array([sent[name] for name in self.action_names], dtype=np.float32)
-        if self.viz is not None:
-            self.viz.log_tick(
-                episode, frame, observation, sent_vec, source, intervening, version, snapshot.pressed
-            )
         # An intervention frame is one the operator's command drove: frames held because the operator's
         # stream went stale (a dead teleop process, pedal last seen down) are not corrections, and
-        # labeling would otherwise force them positive.
+        # labeling would otherwise force them positive. The live view shows the same flag as the dataset.
         operated = source == "operator"
+        if self.viz is not None:
+            self.viz.log_tick(
+                episode, frame, observation, sent_vec, source, operated, version, snapshot.pressed
+            )
         self.recorder.add_frame(observation, sent_vec, operated, version, task)
         state.frames += 1
         state.intervention_frames += operated

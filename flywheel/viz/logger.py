@@ -252,7 +252,8 @@ class RerunLogger:
         s.log(p.POLICY_VERSION, rr.Scalars(float(policy_version)))
         s.log(p.EPISODE, rr.Scalars(float(episode)))
         if intervention != self._last_intervention:
-            what = "operator takes over" if intervention else "policy resumes"
+            resumed = "policy resumes" if source == "policy" else f"{source} acts"  # hold: stale operator
+            what = "operator takes over" if intervention else resumed
             self._event(f"episode {episode} frame {frame}: {what}", "WARN" if intervention else "INFO")
             self._last_intervention = intervention
         if self.value_monitor is not None and frame % self.value_every == 0:
