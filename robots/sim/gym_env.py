@@ -12,7 +12,7 @@ Importing this module registers one Gymnasium id per task, `flywheel_sim/<task>`
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import gymnasium as gym
@@ -102,8 +102,6 @@ class FlywheelSimEnvConfig(EnvConfig):
     camera: bool = False
     camera_width: int = 96
     camera_height: int = 96
-    features: dict[str, PolicyFeature] = field(default_factory=dict)
-    features_map: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         get_task(self.task, field="env.task")
