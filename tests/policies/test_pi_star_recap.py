@@ -9,8 +9,8 @@ import pytest
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 from safetensors.torch import save_file
-from transformers import GemmaConfig, GemmaModel, SiglipVisionConfig, SiglipVisionModel
 
+from benchmarks.fixtures import pi05_base_state_dict
 from flywheel.policies.pi_star_recap import PiStarRECAPConfig, PiStarRECAPPolicy
 from flywheel.policies.pi_star_recap.batch_inputs import data_type_weights
 from flywheel.policies.pi_star_recap.prompt import POSITIVE
@@ -181,67 +181,6 @@ REDUCED = {
     "dtype": "float32",
     "gradient_checkpointing": False,
 }
-
-
-def pi05_base_state_dict(r: dict, max_action_dim: int = 32) -> dict[str, torch.Tensor]:
-    pg = "paligemma_with_expert.paligemma."
-    vision = SiglipVisionModel(
-        SiglipVisionConfig(
-            hidden_size=r["vision_width"],
-            intermediate_size=r["vision_mlp_dim"],
-            num_hidden_layers=r["vision_depth"],
-            num_attention_heads=r["vision_heads"],
-            patch_size=r["vision_patch_size"],
-            image_size=r["image_size"],
-            vision_use_head=False,
-        )
-    )
-    language = GemmaModel(
-        GemmaConfig(
-            vocab_size=r["vocab_size"],
-            hidden_size=r["vlm_width"],
-            intermediate_size=r["vlm_mlp_dim"],
-            num_hidden_layers=r["vlm_depth"],
-            num_attention_heads=r["num_heads"],
-            num_key_value_heads=r["num_kv_heads"],
-            head_dim=r["head_dim"],
-        )
-    )
-    sd = {f"{pg}model.vision_tower.{k}": v for k, v in vision.state_dict().items()}
-    sd |= {f"{pg}model.language_model.{k}": v for k, v in language.state_dict().items()}
-    sd[f"{pg}model.multi_modal_projector.linear.weight"] = torch.randn(r["vlm_width"], r["vision_width"])
-    sd[f"{pg}model.multi_modal_projector.linear.bias"] = torch.randn(r["vlm_width"])
-    sd[f"{pg}lm_head.weight"] = sd[f"{pg}model.language_model.embed_tokens.weight"].clone()
-    w, hd, h, kv, mlp = (
-        r["expert_width"],
-        r["head_dim"],
-        r["num_heads"],
-        r["num_kv_heads"],
-        r["expert_mlp_dim"],
-    )
-    ex = "paligemma_with_expert.gemma_expert.model."
-    for i in range(r["expert_depth"]):
-        layer = f"{ex}layers.{i}."
-        sd[layer + "self_attn.q_proj.weight"] = torch.randn(h * hd, w)
-        sd[layer + "self_attn.k_proj.weight"] = torch.randn(kv * hd, w)
-        sd[layer + "self_attn.v_proj.weight"] = torch.randn(kv * hd, w)
-        sd[layer + "self_attn.o_proj.weight"] = torch.randn(w, h * hd)
-        sd[layer + "mlp.gate_proj.weight"] = torch.randn(mlp, w)
-        sd[layer + "mlp.up_proj.weight"] = torch.randn(mlp, w)
-        sd[layer + "mlp.down_proj.weight"] = torch.randn(w, mlp)
-        for norm in ("input_layernorm", "post_attention_layernorm"):
-            sd[f"{layer}{norm}.dense.weight"] = torch.randn(3 * w, w)
-            sd[f"{layer}{norm}.dense.bias"] = torch.randn(3 * w)
-    sd[f"{ex}norm.dense.weight"] = torch.randn(3 * w, w)
-    sd[f"{ex}norm.dense.bias"] = torch.randn(3 * w)
-    sd["action_in_proj.weight"], sd["action_in_proj.bias"] = torch.randn(w, max_action_dim), torch.randn(w)
-    sd["action_out_proj.weight"], sd["action_out_proj.bias"] = (
-        torch.randn(max_action_dim, w),
-        torch.randn(max_action_dim),
-    )
-    for name in ("time_mlp_in", "time_mlp_out"):
-        sd[f"{name}.weight"], sd[f"{name}.bias"] = torch.randn(w, w), torch.randn(w)
-    return {k: v.contiguous() for k, v in sd.items()}
 
 
 def test_pi05_base_layout_loads_with_no_missing_or_unexpected_keys(tmp_path: Path):

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from flywheel.policies.pi_star_recap.backbone import PaliGemmaWithExpert
 from flywheel.policies.pi_star_recap.configuration_pi_star_recap import PiStarRECAPConfig
+from flywheel.policies.pi_star_recap.cuda_graphs import CudaGraphCache
 from flywheel.policies.pi_star_recap.flow_matching import noisy_actions, sample_time, sinusoidal_embedding
 from flywheel.policies.pi_star_recap.iql import IQLHeads
 from flywheel.policies.pi_star_recap.layers import KV
@@ -33,6 +34,23 @@ class PrefixInputs:
     state: Tensor  # [B, state_dim] normalized, for the continuous state token
     repeat: int = 1
 
+    def tensors(self) -> list[Tensor]:
+        return [
+            *self.images,
+            *self.image_masks,
+            self.context_tokens,
+            self.context_mask,
+            self.suffix_tokens,
+            self.suffix_mask,
+            self.state,
+        ]
+
+    def with_tensors(self, tensors: list[Tensor]) -> "PrefixInputs":
+        """The same inputs made of `tensors` (in the order of tensors())."""
+        n = len(self.images)
+        images, masks, rest = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
+        return PrefixInputs(list(images), list(masks), *rest, repeat=self.repeat)
+
 
 class PiStarRECAPNetwork(nn.Module):
     def __init__(self, cfg: PiStarRECAPConfig) -> None:
@@ -50,6 +68,7 @@ class PiStarRECAPNetwork(nn.Module):
             )
         if cfg.advantage_estimator == "iql":
             self.iql = IQLHeads(cfg.state_dim, cfg.action_dim, cfg.iql_hidden_dim)
+        self.sample_graphs = CudaGraphCache()
 
     @property
     def backbone_dtype(self) -> torch.dtype:
@@ -128,16 +147,31 @@ class PiStarRECAPNetwork(nn.Module):
 
         With cfg_scale > 1 the prefix of `inp` holds 2B rows (positive suffixes first, unconditioned
         second); every step runs the expert once on the B noisy chunks against both, and mixes
-        v = v_uncond + beta * (v_pos - v_uncond).
+        v = v_uncond + beta * (v_pos - v_uncond). On a GPU (cuda_graphs) the whole of it is a
+        replayed CUDA graph (cuda_graphs.py).
         """
-        prefix_kv, prefix_mask = self.encode(inp)
-        guided = cfg_scale != 1.0
         steps = self.cfg.num_inference_steps
+
+        def run(tensors: list[Tensor]) -> Tensor:
+            prefix_kv, prefix_mask = self.encode(inp.with_tensors(tensors[:-1]))
+            return self.denoise(prefix_kv, prefix_mask, tensors[-1], steps, cfg_scale)
+
+        tensors = [*inp.tensors(), noise]
+        if not (self.cfg.cuda_graphs and noise.is_cuda):
+            return run(tensors)
+        # Graphs read the weights where they were at capture: moved or replaced weights recapture.
+        weights = tuple(p.data_ptr() for p in self.parameters())
+        key = (steps, cfg_scale, inp.repeat, torch.is_inference_mode_enabled())
+        return self.sample_graphs(run, key, weights, tensors)
+
+    def denoise(
+        self, prefix_kv: list[KV], prefix_mask: Tensor, noise: Tensor, steps: int, cfg_scale: float
+    ) -> Tensor:
         x_t, dt = noise, -1.0 / steps
         for step in range(steps):
             t = torch.full((noise.shape[0],), 1.0 + step * dt, device=noise.device)
             v = self.velocity(x_t, t, prefix_kv, prefix_mask)
-            if guided:
+            if cfg_scale != 1.0:
                 v_pos, v_uncond = v.chunk(2)
                 v = v_uncond + cfg_scale * (v_pos - v_uncond)
             x_t = x_t + dt * v
@@ -156,9 +190,10 @@ def _prefix_positions(context_valid: Tensor, suffix_valid: Tensor) -> Tensor:
 def _prefix_attention(valid: Tensor, n_context: int, branches: int, n_suffix: int) -> Tensor:
     """Boolean [B, 1, L, L] (query x key): keys must be valid; context keys are seen by every query,
     suffix keys only by queries of the same suffix."""
-    segment = torch.arange(branches + 1, device=valid.device).repeat_interleave(
-        torch.tensor([n_context] + [n_suffix] * branches, device=valid.device)
-    )
+    # Segment of each position: 0 for the context, i for branch i's suffix (no host-to-device copy,
+    # so it can be captured in a CUDA graph).
+    offset = torch.arange(valid.shape[1], device=valid.device) - n_context
+    segment = (offset.div(n_suffix, rounding_mode="floor") + 1).clamp(min=0)
     visible = (segment[None, :] == 0) | (segment[:, None] == segment[None, :])
     return visible[None, None] & valid[:, None, None, :]
 
