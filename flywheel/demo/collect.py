@@ -116,7 +116,7 @@ class _GatedTeleop(LocalTeleop):
         hotswap = self._daemon_ref[0].hotswap
         deadline = time.monotonic() + self._timeout_s
         # The daemon's hot-swap thread fills its standby slot once the candidate passed validation.
-        while hotswap._standby is None and hotswap.rejected == 0 and time.monotonic() < deadline:
+        while not hotswap.has_standby and hotswap.rejected == 0 and time.monotonic() < deadline:
             time.sleep(0.01)
 
 

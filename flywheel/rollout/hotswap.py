@@ -125,6 +125,12 @@ class HotSwap:
         self._stop.set()
         self._thread.join(timeout=5.0)
 
+    @property
+    def has_standby(self) -> bool:
+        """Whether a validated policy is waiting to be taken (any thread)."""
+        with self._lock:
+            return self._standby is not None
+
     # --- control thread ------------------------------------------------------------------------
     def take(self) -> tuple[ChunkPolicy, Deployment] | None:
         """The validated standby policy, if one is waiting (called between ticks)."""

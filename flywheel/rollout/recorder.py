@@ -46,7 +46,6 @@ class Recorder:
         self.on_saved = on_saved
         self._queue: queue.Queue = queue.Queue()
         self._pending: _Frame | None = None
-        self.saved: list[SavedEpisode] = []
         self.outcomes: list[bool] = []  # one per end_episode, in order: was it saved?
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
@@ -126,7 +125,6 @@ class Recorder:
         length, index = buffer["size"], buffer["episode_index"]
         save_episode(self.dataset, info)
         saved = SavedEpisode(index, length, info)
-        self.saved.append(saved)
         log.info("saved episode %d: %d frames, %s, success=%s", index, length, info.data_type, info.success)
         if self.on_saved is not None:
             self.on_saved(saved)
@@ -139,7 +137,6 @@ class NullRecorder:
     error = None
 
     def __init__(self):
-        self.saved: list[SavedEpisode] = []
         self.outcomes: list[bool] = []
 
     def add_frame(self, *args, **kwargs) -> None:
