@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from benchmarks.fixtures import pi05_base_state_dict
 from flywheel.policies.pi_star_recap import PiStarRECAPConfig, PiStarRECAPPolicy
+from flywheel.policies.pi_star_recap import modeling_pi_star_recap as modeling
 from flywheel.policies.pi_star_recap.batch_inputs import data_type_weights
 from flywheel.policies.pi_star_recap.prompt import POSITIVE
 
@@ -225,6 +226,38 @@ def test_save_and_load_round_trip(tmp_path: Path):
     torch.testing.assert_close(
         policy.predict_action_chunk(batch, noise=noise), loaded.predict_action_chunk(batch, noise=noise)
     )
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_loading_skips_the_random_init_but_not_the_unsaved_buffers(dtype: str):
+    config = make_config(with_image=True, dtype=dtype)
+    initialised = PiStarRECAPPolicy(config)
+    bare = PiStarRECAPPolicy(config, init_weights=False)
+    saved = initialised.model.state_dict().keys()
+    unsaved = {n: b for n, b in initialised.model.named_buffers() if n not in saved}
+    assert unsaved  # rotary frequencies, SigLIP position ids: computed, never in a checkpoint
+    for name, buffer in bare.model.named_buffers():
+        if name in unsaved:
+            torch.testing.assert_close(buffer, unsaved[name], rtol=0, atol=0)  # dtype included
+    assert {p.dtype for p in bare.parameters()} == {p.dtype for p in initialised.parameters()}
+
+
+def test_from_pretrained_builds_without_random_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    PiStarRECAPPolicy(make_config()).save_pretrained(tmp_path)
+    built: list[bool] = []
+    real = modeling.uninitialized
+    monkeypatch.setattr(modeling, "uninitialized", lambda factory: built.append(True) or real(factory))
+    PiStarRECAPPolicy.from_pretrained(tmp_path)
+    assert built == [True]
+
+
+def test_a_checkpoint_missing_a_weight_is_an_error_naming_it(tmp_path: Path):
+    PiStarRECAPPolicy(make_config()).save_pretrained(tmp_path)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    del weights["model.action_out_proj.bias"]
+    save_file(weights, str(tmp_path / "model.safetensors"))
+    with pytest.raises(RuntimeError, match=r"model\.action_out_proj\.bias"):
+        PiStarRECAPPolicy.from_pretrained(tmp_path)
 
 
 def test_select_action_serves_a_chunk_from_the_queue():

@@ -29,7 +29,7 @@ from flywheel.policies.pi_star_recap.prompt import (
     tokenize_suffixes,
 )
 from flywheel.policies.pi_star_recap.tokenizer import make_tokenizer
-from flywheel.policies.pi_star_recap.weights import load_pretrained
+from flywheel.policies.pi_star_recap.weights import load_pretrained, uninitialized
 
 T = TypeVar("T", bound="PiStarRECAPPolicy")
 # from_pretrained kwargs meant for reading the config; the rest (dataset_stats, ...) go to __init__.
@@ -48,15 +48,21 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
     config_class = PiStarRECAPConfig
     name = "pi_star_recap"
 
-    def __init__(self, config: PiStarRECAPConfig, load_base_weights: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        config: PiStarRECAPConfig,
+        load_base_weights: bool = True,
+        init_weights: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        """init_weights=False: parameters left uninitialised for a checkpoint that sets every one
+        (from_pretrained, which loads strictly)."""
         # kwargs: make_policy passes dataset_stats / dataset_meta; normalization lives in the processors.
         super().__init__(config)
         config.validate_features()
         self.config = config
         self.tokenizer = make_tokenizer(config.tokenizer_path)
-        self.model = PiStarRECAPNetwork(config)
-        if config.dtype == "bfloat16":
-            self.model.paligemma_with_expert.to(torch.bfloat16)
+        self.model = _build_network(config) if init_weights else uninitialized(lambda: _build_network(config))
         self.model.paligemma_with_expert.gradient_checkpointing = bool(config.gradient_checkpointing)
         self.generator: torch.Generator | None = None  # tests pin the indicator dropout with this
         self.base_load_report: tuple[list[str], list[str]] | None = None  # (missing, unexpected)
@@ -75,12 +81,20 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         config: PreTrainedConfig | None = None,
         **kwargs: Any,
     ) -> T:
-        """A fine-tuned checkpoint already holds every weight: skip re-reading base_model_path."""
+        """A fine-tuned checkpoint holds every weight: base_model_path is not re-read, the random
+        init is skipped (pi05: ~48 s of CPU), and the load is strict, so a checkpoint that lacks a
+        weight is an error naming it rather than a policy acting with uninitialised memory."""
         if config is None:
             hub_args = {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
             config = PreTrainedConfig.from_pretrained(pretrained_name_or_path, **hub_args)
+        strict = kwargs.pop("strict", True)  # a caller asking for a lenient load gets initialised weights
         return super().from_pretrained(
-            pretrained_name_or_path, config=config, load_base_weights=False, **kwargs
+            pretrained_name_or_path,
+            config=config,
+            strict=strict,
+            load_base_weights=False,
+            init_weights=not strict,
+            **kwargs,
         )
 
     def _load_base_weights(self) -> None:
@@ -254,3 +268,10 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
             chunk = self.predict_action_chunk(batch, noise=noise)[:, : self.config.n_action_steps]
             self._action_queue.extend(chunk.transpose(0, 1))
         return self._action_queue.popleft()
+
+
+def _build_network(config: PiStarRECAPConfig) -> PiStarRECAPNetwork:
+    network = PiStarRECAPNetwork(config)
+    if config.dtype == "bfloat16":  # the backbone; the small projections stay in float32
+        network.paligemma_with_expert.to(torch.bfloat16)
+    return network

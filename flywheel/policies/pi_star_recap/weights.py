@@ -8,11 +8,15 @@ reported as missing rather than hidden.
 """
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import torch
 from safetensors.torch import load_file
 from torch import Tensor, nn
+
+M = TypeVar("M", bound=nn.Module)
 
 PI05_PREFIX = "paligemma_with_expert."
 TIED_HEADS = (
@@ -88,3 +92,38 @@ def load_pretrained(policy: nn.Module, path: str | Path) -> tuple[list[str], lis
         len(unexpected),
     )
     return list(missing), list(unexpected)
+
+
+def uninitialized(factory: Callable[[], M]) -> M:
+    """The module `factory` builds, its parameters allocated on the CPU but not initialised, for a
+    checkpoint that overwrites all of them next (at pi05 size the random init is ~40 s of CPU). The
+    factory runs on the meta device, so its dtype casts cost nothing either. What no checkpoint
+    holds is computed as usual: each module owning a non-persistent buffer (rotary frequencies,
+    SigLIP's position ids) is rebuilt from its config."""
+    with torch.device("meta"):
+        module = factory()
+    module.to_empty(device="cpu")
+    persistent = module.state_dict().keys()
+    owners = {name.rpartition(".")[0] for name, _ in module.named_buffers() if name not in persistent}
+    for owner_name in sorted(owners):
+        _rebuild_unsaved_tensors(module.get_submodule(owner_name), owner_name)
+    leftover = [name for name, sub in module.named_modules() for v in vars(sub).values() if _is_meta(v)]
+    if leftover:
+        raise RuntimeError(f"uninitialized: tensors left on the meta device in {sorted(set(leftover))}")
+    return module
+
+
+def _rebuild_unsaved_tensors(owner: nn.Module, name: str) -> None:
+    config = getattr(owner, "config", None)
+    if config is None:
+        raise TypeError(f"uninitialized: {name} ({type(owner).__name__}) has unsaved buffers but no config")
+    fresh = type(owner)(config)
+    for attr in owner._non_persistent_buffers_set:  # in the dtype the factory gave them (.to(bf16))
+        owner._buffers[attr] = fresh._buffers[attr].to(owner._buffers[attr].dtype)
+    for attr, value in vars(fresh).items():
+        if isinstance(value, Tensor):  # plain tensor attributes (e.g. the rotary's original_inv_freq)
+            setattr(owner, attr, value)
+
+
+def _is_meta(value: object) -> bool:
+    return isinstance(value, Tensor) and value.is_meta
