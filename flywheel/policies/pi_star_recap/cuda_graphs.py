@@ -6,6 +6,13 @@ than the GPU to run them (pi05 preset on an H200, docs/benchmarks.md). Here the 
 into static buffers, the captured kernels replayed, and the output cloned, so the result is the
 eager computation's bit for bit (tests/policies/test_cuda_graphs.py).
 
+Two things another thread must not do while a graph is being captured, both seen on an H200 when a
+hot-swap's smoke inference ran beside the worker's first chunk (tests/policies/test_cuda_graphs.py):
+draw from the CUDA random generator, which PyTorch ties to the capture ("Offset increment outside
+graph capture"), so the policy draws its noise on the CPU; and start a capture of its own, whose
+device-wide synchronize fails while a stream is capturing, so captures take a process-wide lock.
+Other code drawing CUDA random numbers in the daemon's process would have to avoid it as well.
+
 One graph per key and input shapes (prompt length, batch, CFG branches, steps, guidance scale); the
 daemon, one task at batch 1, captures once. The least recently used graph is dropped past
 `max_graphs`.
@@ -13,6 +20,7 @@ daemon, one task at batch 1, captures once. The least recently used graph is dro
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +28,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+# One capture at a time in the process (see above).
+_CAPTURE_LOCK = threading.Lock()
 GraphedFn = Callable[[list[Tensor]], Tensor]
 
 
@@ -58,6 +68,10 @@ class CudaGraphCache:
         return captured.output.clone()
 
     def _capture(self, fn: GraphedFn, inputs: list[Tensor]) -> _Captured:
+        with _CAPTURE_LOCK:
+            return self._capture_alone(fn, inputs)
+
+    def _capture_alone(self, fn: GraphedFn, inputs: list[Tensor]) -> _Captured:
         static = [x.clone() for x in inputs]
         device = static[0].device
         # Warm up on a side stream first (cuBLAS/cuDNN pick and allocate their workspaces outside

@@ -252,7 +252,9 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         bsize = bi.frame(batch[OBS_STATE], 0, bi.has_time_axis(batch)).shape[0]
         device = next(self.model.parameters()).device
         if noise is None:
-            noise = torch.randn(bsize, cfg.chunk_size, cfg.max_action_dim, device=device)
+            # Drawn on the CPU: while another thread captures a CUDA graph (the daemon's worker, its
+            # first chunk), drawing from the CUDA generator is an error (cuda_graphs.py).
+            noise = torch.randn(bsize, cfg.chunk_size, cfg.max_action_dim)
         positive = None if cfg.advantage_estimator == "iql" else POSITIVE
         guided = cfg.cfg_scale != 1.0 and positive is not None
         indicators = [positive] * bsize + ([None] * bsize if guided else [])
