@@ -184,13 +184,25 @@ REDUCED = {
 }
 
 
-def test_pi05_base_layout_loads_with_no_missing_or_unexpected_keys(tmp_path: Path):
+def spy_uninitialized(monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """Records each build that skipped the random init."""
+    built: list[bool] = []
+    real = modeling.uninitialized
+    monkeypatch.setattr(modeling, "uninitialized", lambda factory: built.append(True) or real(factory))
+    return built
+
+
+def test_pi05_base_layout_loads_with_no_missing_or_unexpected_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
     state = pi05_base_state_dict(REDUCED)
     save_file(state, str(tmp_path / "model.safetensors"))
     config = make_config(with_image=True, preset="pi05", base_model_path=str(tmp_path), **REDUCED)
+    built_bare = spy_uninitialized(monkeypatch)
     policy = PiStarRECAPPolicy(config)
     missing, unexpected = policy.base_load_report
     assert missing == [] and unexpected == []
+    assert built_bare == [True]  # the file sets every weight: no random init before it
     loaded = policy.model.paligemma_with_expert.gemma_expert.model.layers[1].mlp.up_proj.weight
     torch.testing.assert_close(
         loaded, state["paligemma_with_expert.gemma_expert.model.layers.1.mlp.up_proj.weight"]
@@ -199,7 +211,7 @@ def test_pi05_base_layout_loads_with_no_missing_or_unexpected_keys(tmp_path: Pat
     assert actions.shape == (1, CHUNK, ACTION_DIM) and torch.isfinite(actions).all()
 
 
-def test_hf_paligemma_checkpoint_initialises_the_prefix(tmp_path: Path):
+def test_hf_paligemma_checkpoint_initialises_the_prefix(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """vlm_model_name naming a local HF PaliGemma dir loads SigLIP + projector + Gemma, nothing else."""
     pg = "paligemma_with_expert.paligemma."
     state = {
@@ -208,10 +220,13 @@ def test_hf_paligemma_checkpoint_initialises_the_prefix(tmp_path: Path):
         if k.startswith(pg)  # an HF PaliGemma file: model.{vision_tower,...}.*, lm_head.weight
     }
     save_file(state, str(tmp_path / "model.safetensors"))
+    built_bare = spy_uninitialized(monkeypatch)
     policy = PiStarRECAPPolicy(make_config(preset="pi05", vlm_model_name=str(tmp_path), **REDUCED))
     missing, unexpected = policy.base_load_report
     assert unexpected == []
     assert missing and not any(".paligemma." in k for k in missing)  # only expert and projections remain
+    assert built_bare == []  # what the file lacks keeps its random init
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
     embed = policy.model.paligemma_with_expert.language_model.embed_tokens.weight
     torch.testing.assert_close(embed, state["model.language_model.embed_tokens.weight"])
 
@@ -244,11 +259,9 @@ def test_loading_skips_the_random_init_but_not_the_unsaved_buffers(dtype: str):
 
 def test_from_pretrained_builds_without_random_init(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     PiStarRECAPPolicy(make_config()).save_pretrained(tmp_path)
-    built: list[bool] = []
-    real = modeling.uninitialized
-    monkeypatch.setattr(modeling, "uninitialized", lambda factory: built.append(True) or real(factory))
+    built_bare = spy_uninitialized(monkeypatch)
     PiStarRECAPPolicy.from_pretrained(tmp_path)
-    assert built == [True]
+    assert built_bare == [True]
 
 
 def test_a_checkpoint_missing_a_weight_is_an_error_naming_it(tmp_path: Path):

@@ -29,7 +29,7 @@ from flywheel.policies.pi_star_recap.prompt import (
     tokenize_suffixes,
 )
 from flywheel.policies.pi_star_recap.tokenizer import make_tokenizer
-from flywheel.policies.pi_star_recap.weights import load_pretrained, uninitialized
+from flywheel.policies.pi_star_recap.weights import covers, load_pretrained, uninitialized
 
 T = TypeVar("T", bound="PiStarRECAPPolicy")
 # from_pretrained kwargs meant for reading the config; the rest (dataset_stats, ...) go to __init__.
@@ -56,18 +56,22 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         **kwargs: Any,
     ) -> None:
         """init_weights=False: parameters left uninitialised for a checkpoint that sets every one
-        (from_pretrained, which loads strictly)."""
+        (from_pretrained, which loads strictly). A base checkpoint (base_model_path, or a local
+        vlm_model_name) that sets every one skips the random init too."""
         # kwargs: make_policy passes dataset_stats / dataset_meta; normalization lives in the processors.
         super().__init__(config)
         config.validate_features()
         self.config = config
         self.tokenizer = make_tokenizer(config.tokenizer_path)
+        base = self._base_weights_path() if load_base_weights else None
+        if base is not None and init_weights:
+            init_weights = not covers(base, _network_keys(config))
         self.model = _build_network(config) if init_weights else uninitialized(lambda: _build_network(config))
         self.model.paligemma_with_expert.gradient_checkpointing = bool(config.gradient_checkpointing)
         self.generator: torch.Generator | None = None  # tests pin the indicator dropout with this
         self.base_load_report: tuple[list[str], list[str]] | None = None  # (missing, unexpected)
-        if load_base_weights:
-            self._load_base_weights()
+        if base is not None:
+            self.base_load_report = load_pretrained(self, base)
         self._apply_freezing()
         self.model.to(config.device)
         self.reset()
@@ -97,13 +101,11 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
             **kwargs,
         )
 
-    def _load_base_weights(self) -> None:
+    def _base_weights_path(self) -> str | None:
         """pi05_base via base_model_path; else a local HF PaliGemma dir named by vlm_model_name."""
-        path = self.config.base_model_path
-        if path is None and Path(self.config.vlm_model_name).is_dir():
-            path = self.config.vlm_model_name
-        if path is not None:
-            self.base_load_report = load_pretrained(self, path)
+        if self.config.base_model_path is not None:
+            return self.config.base_model_path
+        return self.config.vlm_model_name if Path(self.config.vlm_model_name).is_dir() else None
 
     def _apply_freezing(self) -> None:
         frozen: list[nn.Module] = []
@@ -277,3 +279,9 @@ def _build_network(config: PiStarRECAPConfig) -> PiStarRECAPNetwork:
     if config.dtype == "bfloat16":  # the backbone; the small projections stay in float32
         network.paligemma_with_expert.to(torch.bfloat16)
     return network
+
+
+def _network_keys(config: PiStarRECAPConfig) -> list[str]:
+    """The policy's state-dict keys, from a network built on the meta device (no memory, no init)."""
+    with torch.device("meta"):
+        return [f"model.{key}" for key in _build_network(config).state_dict()]

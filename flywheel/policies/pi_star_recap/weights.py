@@ -8,11 +8,12 @@ reported as missing rather than hidden.
 """
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TypeVar
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -65,16 +66,29 @@ def remap_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def read_safetensors(path: str | Path) -> dict[str, Tensor]:
+def _safetensors_files(path: str | Path) -> list[Path]:
     """A file, or a directory holding model.safetensors or sharded model-*.safetensors."""
     path = Path(path)
     files = [path] if path.is_file() else sorted(path.glob("model*.safetensors"))
     if not files:
         raise FileNotFoundError(f"no model*.safetensors under {path}")
+    return files
+
+
+def read_safetensors(path: str | Path) -> dict[str, Tensor]:
     state: dict[str, Tensor] = {}
-    for file in files:
+    for file in _safetensors_files(path):
         state.update(load_file(str(file)))
     return state
+
+
+def covers(path: str | Path, keys: Iterable[str]) -> bool:
+    """Whether the checkpoint at `path`, remapped, holds every one of `keys` (reads names only)."""
+    names: dict[str, None] = {}
+    for file in _safetensors_files(path):
+        with safe_open(str(file), framework="pt") as f:
+            names |= dict.fromkeys(f.keys())
+    return set(keys) <= set(remap_state_dict(names))  # remap only looks at the names
 
 
 def load_pretrained(policy: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
