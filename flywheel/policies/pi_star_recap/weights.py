@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 M = TypeVar("M", bound=nn.Module)
+V = TypeVar("V")  # a tensor, or nothing when only the names are remapped
 
 PI05_PREFIX = "paligemma_with_expert."
 TIED_HEADS = (
@@ -54,7 +55,7 @@ def remap_paligemma_key(key: str) -> str | None:
     return f"model.paligemma_with_expert.paligemma.model.{key}"
 
 
-def remap_state_dict(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+def remap_state_dict(state_dict: dict[str, V]) -> dict[str, V]:
     """Pick the remap by layout: pi05 keys live under paligemma_with_expert, HF PaliGemma's do not."""
     is_pi05 = any(PI05_PREFIX in k for k in state_dict)
     remap = remap_pi05_key if is_pi05 else remap_paligemma_key
@@ -88,7 +89,7 @@ def covers(path: str | Path, keys: Iterable[str]) -> bool:
     for file in _safetensors_files(path):
         with safe_open(str(file), framework="pt") as f:
             names |= dict.fromkeys(f.keys())
-    return set(keys) <= set(remap_state_dict(names))  # remap only looks at the names
+    return set(keys) <= set(remap_state_dict(names))
 
 
 def load_pretrained(policy: nn.Module, path: str | Path) -> tuple[list[str], list[str]]:
