@@ -64,7 +64,7 @@ class PiStarRECAPConfig(PreTrainedConfig):
     chunk_size: int = 50
     n_action_steps: int = 50
     num_inference_steps: int = 10
-    cuda_graphs: bool = True  # on a GPU, replay the denoising loop as a CUDA graph (cuda_graphs.py)
+    cuda_graphs: bool = True  # on a GPU, sampling (prefix + denoising) is a replayed CUDA graph
     max_state_dim: int = 32
     max_action_dim: int = 32
     tokenizer_max_length: int = 200
