@@ -14,7 +14,7 @@
   the missing and unexpected key counts. `--base_model_path=DIR` times a real local pi05_base instead.
 
 Run through benchmarks/gpu.sh; writes outputs/bench/gpu.json. On the CPU, `--preset=tiny --device=cpu`
-runs the same phases as a smoke test (tests/test_benchmarks.py).
+runs the same phases as a smoke test (tests/test_gpu_bench.py).
 """
 
 from __future__ import annotations
