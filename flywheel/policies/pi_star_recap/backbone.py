@@ -6,6 +6,8 @@ prefix change only (see weights.py). The PaliGemma LM head is not built: actions
 in the checkpoint it is tied to the token embedding anyway.
 """
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -13,7 +15,7 @@ from transformers import GemmaConfig, PaliGemmaConfig, SiglipVisionConfig
 from transformers.models.paligemma.modeling_paligemma import PaliGemmaModel
 
 from flywheel.policies.pi_star_recap.configuration_pi_star_recap import PiStarRECAPConfig
-from flywheel.policies.pi_star_recap.layers import KV, GemmaExpert, fan_out, prefix_layer
+from flywheel.policies.pi_star_recap.layers import KV, GemmaExpert, prefix_layer
 
 
 def _gemma_config(cfg: PiStarRECAPConfig, width: int, depth: int, mlp_dim: int) -> GemmaConfig:
@@ -47,6 +49,18 @@ def paligemma_config(cfg: PiStarRECAPConfig) -> PaliGemmaConfig:
         projection_dim=cfg.vlm_width,
         hidden_size=cfg.vlm_width,
     )
+
+
+@dataclass
+class ExpertPrefix:
+    """What every denoising step of a chunk reads from the prefix, prepared once per chunk: the
+    per-layer keys and values, the key mask with the action tokens appended, and the action tokens'
+    rotary angles."""
+
+    kv: list[KV]
+    mask: Tensor  # [rows, 1, 1, prefix + chunk] bool
+    cos: Tensor
+    sin: Tensor
 
 
 class PaliGemmaContainer(nn.Module):
@@ -99,21 +113,26 @@ class PaliGemmaWithExpert(nn.Module):
             kvs.append(kv)
         return kvs
 
-    def run_expert(self, embs: Tensor, cond: Tensor, prefix_kv: list[KV], prefix_mask: Tensor) -> Tensor:
+    def prepare_expert(self, prefix_kv: list[KV], prefix_mask: Tensor, chunk: int) -> ExpertPrefix:
+        """The prefix as the action expert reads it for a chunk of `chunk` action tokens."""
+        n_prefix = prefix_mask.sum(dim=1, keepdim=True)
+        positions = n_prefix + torch.arange(chunk, device=prefix_mask.device)[None, :]
+        cos, sin = self.rotary(prefix_kv[0][0], positions)
+        own = torch.ones(prefix_mask.shape[0], chunk, dtype=torch.bool, device=prefix_mask.device)
+        mask = torch.cat([prefix_mask, own], dim=1)[:, None, None, :]
+        return ExpertPrefix(prefix_kv, mask, cos, sin)
+
+    def run_expert(self, embs: Tensor, modulations: list[Tensor], prefix: ExpertPrefix) -> Tensor:
         """Action tokens attend to the cached prefix KV and to each other (bidirectionally).
 
-        embs and cond have B rows; prefix_kv and prefix_mask B or branches x B rows (CFG: the same
-        actions under each prompt suffix). The output has the prefix's rows.
+        embs and the norms' modulations (GemmaExpert.model.modulations) have B rows; the prefix B or
+        branches x B rows (CFG: the same actions under each prompt suffix). The output has the
+        prefix's rows.
         """
-        n_prefix = prefix_mask.sum(dim=1, keepdim=True)
-        positions = n_prefix + torch.arange(embs.shape[1], device=embs.device)[None, :]
-        cos, sin = self.rotary(embs, positions)
-        own = torch.ones(prefix_mask.shape[0], embs.shape[1], dtype=torch.bool, device=embs.device)
-        mask = torch.cat([prefix_mask, own], dim=1)[:, None, None, :]
         h = embs
-        for layer, kv in zip(self.gemma_expert.model.layers, prefix_kv, strict=True):
-            h = self._run(layer, h, cond, cos, sin, kv, mask)
-            # The first layer fans B action rows out to the prefix's branches x B rows (CFG).
-            cond = fan_out(cond, h.shape[0] // cond.shape[0])
-        out, _ = self.gemma_expert.model.norm(h, cond)
+        layers = self.gemma_expert.model.layers
+        for i, (layer, kv) in enumerate(zip(layers, prefix.kv, strict=True)):
+            layer_modulations = (modulations[2 * i], modulations[2 * i + 1])
+            h = self._run(layer, h, layer_modulations, prefix.cos, prefix.sin, kv, prefix.mask)
+        out, _ = self.gemma_expert.model.norm(h, modulations[-1])
         return out

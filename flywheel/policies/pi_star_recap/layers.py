@@ -30,16 +30,26 @@ class AdaptiveRMSNorm(nn.Module):
         # Zero weight: at init the modulation is only the bias, as in openpi.
         nn.init.zeros_(self.dense.weight)
 
-    def forward(self, x: Tensor, cond: Tensor) -> tuple[Tensor, Tensor]:
+    def modulation(self, cond: Tensor) -> Tensor:
+        """[N, 3 x width] scale, shift and gate for N time embeddings. Apart from x, so that sampling
+        computes it once per chunk for all its denoising steps."""
+        return self.dense(cond)
+
+    def forward(self, x: Tensor, modulation: Tensor) -> tuple[Tensor, Tensor]:
+        """x [R, tokens, width] normalized and modulated, and the residual gate. modulation has R rows,
+        or fewer when the rows are CFG branches of the same actions (see fan_out)."""
+        modulation = fan_out(modulation, x.shape[0] // modulation.shape[0])
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        scale, shift, gate = self.dense(cond).float().unsqueeze(1).chunk(3, dim=-1)
+        scale, shift, gate = modulation.float().unsqueeze(1).chunk(3, dim=-1)
         return (normed * (1 + scale) + shift).to(x.dtype), gate.to(x.dtype)
 
 
 def fan_out(x: Tensor, branches: int) -> Tensor:
     """x's B rows repeated for each CFG branch (branch-major). With one row, as the rollout daemon has,
     a stride-0 view: the next op writes the copies anyway, and a `repeat` costs more than the copy."""
+    if branches == 1:
+        return x
     if x.shape[0] == 1:
         return x.expand(branches, *x.shape[1:])
     return x.repeat(branches, *[1] * (x.dim() - 1))
@@ -102,19 +112,26 @@ class ExpertLayer(nn.Module):
         self.post_attention_layernorm = AdaptiveRMSNorm(config.hidden_size, config.hidden_size)
 
     def forward(
-        self, h: Tensor, cond: Tensor, cos: Tensor, sin: Tensor, prefix_kv: KV, mask: Tensor
+        self,
+        h: Tensor,
+        modulations: tuple[Tensor, Tensor],
+        cos: Tensor,
+        sin: Tensor,
+        prefix_kv: KV,
+        mask: Tensor,
     ) -> Tensor:
-        """h and cond may have B rows against a prefix of branches x B rows (CFG): the action tokens
-        are the same in every branch until they attend to the prefix, so here they fan out."""
-        x, gate = self.input_layernorm(h, cond)
+        """h may have B rows against a prefix of branches x B rows (CFG): the action tokens are the
+        same in every branch until they attend to the prefix, so here they fan out. The two norms'
+        modulations (AdaptiveRMSNorm.modulation) have B rows."""
+        x, gate = self.input_layernorm(h, modulations[0])
         branches = prefix_kv[0].shape[0] // h.shape[0]
         q, k, v = project_qkv(self.self_attn, x, cos, sin, branches)
         if branches > 1:
-            h, gate, cond = (fan_out(t, branches) for t in (h, gate, cond))
+            h, gate = fan_out(h, branches), fan_out(gate, branches)
         k = torch.cat([prefix_kv[0].to(k.dtype), k], dim=2)
         v = torch.cat([prefix_kv[1].to(v.dtype), v], dim=2)
         h = h + gate * attend(self.self_attn, q, k, v, mask)
-        x, gate = self.post_attention_layernorm(h, cond)
+        x, gate = self.post_attention_layernorm(h, modulations[1])
         return h + gate * self.mlp(x)
 
 
@@ -125,6 +142,12 @@ class ExpertModel(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(ExpertLayer(config, i) for i in range(config.num_hidden_layers))
         self.norm = AdaptiveRMSNorm(config.hidden_size, config.hidden_size)
+
+    def modulations(self, cond: Tensor) -> list[Tensor]:
+        """Every time-conditioned norm's modulation for `cond` [N, width]: each layer's two, then the
+        final norm's."""
+        norms = [n for layer in self.layers for n in (layer.input_layernorm, layer.post_attention_layernorm)]
+        return [norm.modulation(cond) for norm in [*norms, self.norm]]
 
 
 class GemmaExpert(nn.Module):

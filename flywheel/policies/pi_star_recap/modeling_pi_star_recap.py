@@ -161,8 +161,19 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         tasks = bi.tasks_of(batch, bsize)
         max_length = self.config.tokenizer_max_length
         context, context_mask = tokenize_contexts(self.tokenizer, tasks, bins, max_length, device)
-        suffix, suffix_mask = tokenize_suffixes(self.tokenizer, indicators, device)
-        return PrefixInputs(images, masks, context, context_mask, suffix, suffix_mask, state, repeat)
+        # One tensor per branch, each padded only to its own longest suffix: under CFG the
+        # unconditioned "Action: " is far shorter than the positive suffix.
+        branches = [indicators[i * bsize : (i + 1) * bsize] for i in range(repeat)]
+        suffixes = [tokenize_suffixes(self.tokenizer, branch, device) for branch in branches]
+        return PrefixInputs(
+            images,
+            masks,
+            context,
+            context_mask,
+            [tokens for tokens, _ in suffixes],
+            [mask for _, mask in suffixes],
+            state,
+        )
 
     def _training_indicators(self, batch: dict, bsize: int) -> list[str | None]:
         if self.config.advantage_estimator == "iql":

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from flywheel.policies.pi_star_recap.backbone import PaliGemmaWithExpert
+from flywheel.policies.pi_star_recap.backbone import ExpertPrefix, PaliGemmaWithExpert
 from flywheel.policies.pi_star_recap.configuration_pi_star_recap import PiStarRECAPConfig
 from flywheel.policies.pi_star_recap.cuda_graphs import CudaGraphCache
 from flywheel.policies.pi_star_recap.flow_matching import noisy_actions, sample_time, sinusoidal_embedding
@@ -22,17 +22,21 @@ from flywheel.policies.pi_star_recap.layers import KV
 @dataclass
 class PrefixInputs:
     """Everything the prefix sees. The context (images, state token, task and state text) has B rows;
-    the suffix (indicator and "Action: ") has repeat * B rows: 2B under CFG, positive rows first. The
-    context is embedded and encoded once and its keys and values reused by every suffix row."""
+    each branch has its suffix (indicator and "Action: "), B rows each: one branch, or under CFG two,
+    positive first. The context is embedded and encoded once and its keys and values reused by every
+    branch."""
 
     images: list[Tensor]  # each [B, 3, S, S] in [-1, 1]
     image_masks: list[Tensor]  # each [B] bool: False for a camera absent from the batch
     context_tokens: Tensor  # [B, Lc] prompt ids
     context_mask: Tensor  # [B, Lc] bool
-    suffix_tokens: Tensor  # [repeat * B, Ls] prompt ids
-    suffix_mask: Tensor  # [repeat * B, Ls] bool
+    suffix_tokens: list[Tensor]  # per branch [B, Ls_branch] prompt ids
+    suffix_masks: list[Tensor]  # per branch [B, Ls_branch] bool
     state: Tensor  # [B, state_dim] normalized, for the continuous state token
-    repeat: int = 1
+
+    @property
+    def branches(self) -> int:
+        return len(self.suffix_tokens)
 
     def tensors(self) -> list[Tensor]:
         return [
@@ -40,16 +44,26 @@ class PrefixInputs:
             *self.image_masks,
             self.context_tokens,
             self.context_mask,
-            self.suffix_tokens,
-            self.suffix_mask,
+            *self.suffix_tokens,
+            *self.suffix_masks,
             self.state,
         ]
 
     def with_tensors(self, tensors: list[Tensor]) -> "PrefixInputs":
         """The same inputs made of `tensors` (in the order of tensors())."""
-        n = len(self.images)
+        n, r = len(self.images), self.branches
         images, masks, rest = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
-        return PrefixInputs(list(images), list(masks), *rest, repeat=self.repeat)
+        context_tokens, context_mask, rest = rest[0], rest[1], rest[2:]
+        suffix_tokens, suffix_masks, state = rest[:r], rest[r : 2 * r], rest[2 * r]
+        return PrefixInputs(
+            list(images),
+            list(masks),
+            context_tokens,
+            context_mask,
+            list(suffix_tokens),
+            list(suffix_masks),
+            state,
+        )
 
 
 class PiStarRECAPNetwork(nn.Module):
@@ -99,31 +113,33 @@ class PiStarRECAPNetwork(nn.Module):
         """
         pg = self.paligemma_with_expert
         context, context_valid = self.embed_context(inp)
-        bsize, n_context = context_valid.shape
-        branches, n_suffix = inp.repeat, inp.suffix_tokens.shape[1]
-        suffix = pg.embed_tokens(inp.suffix_tokens).to(self.backbone_dtype)
-        # [branches * B, Ls] (branch-major) -> [B, branches * Ls]: each sample's suffixes in a row.
-        suffix = suffix.view(branches, bsize, n_suffix, -1).transpose(0, 1).flatten(1, 2)
-        suffix_valid = inp.suffix_mask.view(branches, bsize, n_suffix).transpose(0, 1)
-        valid = torch.cat([context_valid, suffix_valid.flatten(1)], dim=1)
+        suffixes = [pg.embed_tokens(tokens).to(self.backbone_dtype) for tokens in inp.suffix_tokens]
+        segments = [context.shape[1], *(suffix.shape[1] for suffix in suffixes)]
+        valid = torch.cat([context_valid, *inp.suffix_masks], dim=1)
         kv = pg.encode_prefix(
-            torch.cat([context, suffix], dim=1),
-            _prefix_positions(context_valid, suffix_valid),
-            _prefix_attention(valid, n_context, branches, n_suffix),
+            torch.cat([context, *suffixes], dim=1),
+            _prefix_positions(context_valid, inp.suffix_masks),
+            _prefix_attention(valid, segments),
         )
-        return _per_branch(kv, valid, n_context, branches, n_suffix)
+        return _per_branch(kv, valid, segments)
+
+    def time_modulations(self, t: Tensor) -> list[Tensor]:
+        """The expert norms' modulations (scale, shift, gate) for flow-matching times t [N]."""
+        time_emb = sinusoidal_embedding(t, self.cfg.expert_width, self.cfg.min_period, self.cfg.max_period)
+        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
+        return self.paligemma_with_expert.gemma_expert.model.modulations(cond.to(self.backbone_dtype))
 
     def velocity(self, x_t: Tensor, t: Tensor, prefix_kv: list[KV], prefix_mask: Tensor) -> Tensor:
         """Predicted flow velocity for noisy actions x_t at times t, given the cached prefix.
 
         x_t and t have B rows; the result has the prefix's rows (B, or 2B under CFG)."""
-        dtype = self.backbone_dtype
-        width = self.cfg.expert_width
-        time_emb = sinusoidal_embedding(t, width, self.cfg.min_period, self.cfg.max_period)
-        cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
-        tokens = self.action_in_proj(x_t.float())
-        out = self.paligemma_with_expert.run_expert(tokens.to(dtype), cond.to(dtype), prefix_kv, prefix_mask)
-        return self.action_out_proj(out.float())
+        prefix = self.paligemma_with_expert.prepare_expert(prefix_kv, prefix_mask, x_t.shape[1])
+        return self.action_out_proj(self._expert(x_t, self.time_modulations(t), prefix).float())
+
+    def _expert(self, x_t: Tensor, modulations: list[Tensor], prefix: ExpertPrefix) -> Tensor:
+        """The expert's last hidden states for x_t, before the output projection."""
+        tokens = self.action_in_proj(x_t.float()).to(self.backbone_dtype)
+        return self.paligemma_with_expert.run_expert(tokens, modulations, prefix)
 
     def flow_loss(self, inp: PrefixInputs, actions: Tensor, noise: Tensor | None = None) -> Tensor:
         """Elementwise squared error of the velocity, [B, chunk, max_action_dim]."""
@@ -145,8 +161,8 @@ class PiStarRECAPNetwork(nn.Module):
     def sample(self, inp: PrefixInputs, noise: Tensor, cfg_scale: float = 1.0) -> Tensor:
         """Euler integration from noise (t=1) to actions (t=0), the prefix KV computed once.
 
-        With cfg_scale > 1 the prefix of `inp` holds 2B rows (positive suffixes first, unconditioned
-        second); every step runs the expert once on the B noisy chunks against both, and mixes
+        With cfg_scale > 1 `inp` has two branches (positive suffixes first, unconditioned second);
+        every step runs the expert once on the B noisy chunks against both, and mixes
         v = v_uncond + beta * (v_pos - v_uncond). On a GPU (cuda_graphs) the whole of it is a
         replayed CUDA graph (cuda_graphs.py).
         """
@@ -161,54 +177,71 @@ class PiStarRECAPNetwork(nn.Module):
             return run(tensors)
         # Graphs read the weights where they were at capture: moved or replaced weights recapture.
         weights = tuple(p.data_ptr() for p in self.parameters())
-        key = (steps, cfg_scale, inp.repeat, torch.is_inference_mode_enabled())
+        key = (steps, cfg_scale, inp.branches, torch.is_inference_mode_enabled())
         return self.sample_graphs(run, key, weights, tensors)
 
     def denoise(
         self, prefix_kv: list[KV], prefix_mask: Tensor, noise: Tensor, steps: int, cfg_scale: float
     ) -> Tensor:
-        x_t, dt = noise, -1.0 / steps
+        """Euler steps from noise. Everything that does not depend on x_t is computed once, before
+        the first step: the expert's view of the prefix and every step's time modulations."""
+        bsize, chunk = noise.shape[:2]
+        prefix = self.paligemma_with_expert.prepare_expert(prefix_kv, prefix_mask, chunk)
+        dt = -1.0 / steps
+        t = (1.0 + dt * torch.arange(steps, device=noise.device)).repeat_interleave(bsize)
+        per_step = [m.view(steps, bsize, -1).unbind(0) for m in self.time_modulations(t)]
+        x_t = noise
         for step in range(steps):
-            t = torch.full((noise.shape[0],), 1.0 + step * dt, device=noise.device)
-            v = self.velocity(x_t, t, prefix_kv, prefix_mask)
+            h = self._expert(x_t, [m[step] for m in per_step], prefix).float()
             if cfg_scale != 1.0:
-                v_pos, v_uncond = v.chunk(2)
-                v = v_uncond + cfg_scale * (v_pos - v_uncond)
-            x_t = x_t + dt * v
+                # v_uncond + beta * (v_pos - v_uncond), mixed before the (affine) output projection,
+                # which then runs on B rows instead of 2B.
+                h_pos, h_uncond = h.chunk(2)
+                h = torch.lerp(h_uncond, h_pos, cfg_scale)
+            x_t = x_t + dt * self.action_out_proj(h)
         return x_t
 
 
-def _prefix_positions(context_valid: Tensor, suffix_valid: Tensor) -> Tensor:
-    """Rotary positions [B, Lc + branches * Ls]: every branch's suffix continues right after the
+def _prefix_positions(context_valid: Tensor, suffix_masks: list[Tensor]) -> Tensor:
+    """Rotary positions [B, Lc + sum of Ls]: every branch's suffix continues right after the
     context's valid tokens, as if it were the only one (padding takes no position)."""
     context = torch.cumsum(context_valid.long(), dim=1) - 1
-    after = context_valid.sum(dim=1)[:, None, None]
-    suffix = after + torch.cumsum(suffix_valid.long(), dim=2) - 1
-    return torch.cat([context, suffix.flatten(1)], dim=1)
+    after = context_valid.sum(dim=1, keepdim=True)
+    suffixes = [after + torch.cumsum(mask.long(), dim=1) - 1 for mask in suffix_masks]
+    return torch.cat([context, *suffixes], dim=1)
 
 
-def _prefix_attention(valid: Tensor, n_context: int, branches: int, n_suffix: int) -> Tensor:
-    """Boolean [B, 1, L, L] (query x key): keys must be valid; context keys are seen by every query,
-    suffix keys only by queries of the same suffix."""
-    # Segment of each position: 0 for the context, i for branch i's suffix (no host-to-device copy,
-    # so it can be captured in a CUDA graph).
-    offset = torch.arange(valid.shape[1], device=valid.device) - n_context
-    segment = (offset.div(n_suffix, rounding_mode="floor") + 1).clamp(min=0)
+def _prefix_attention(valid: Tensor, segments: list[int]) -> Tensor:
+    """Boolean [B, 1, L, L] (query x key) for a sequence made of `segments` (lengths: the context,
+    then each branch's suffix): keys must be valid; context keys are seen by every query, suffix keys
+    only by queries of the same suffix."""
+    # Segment id of each position, built on the device (no host-to-device copy, so that it can be
+    # captured in a CUDA graph).
+    segment = torch.cat([torch.full((n,), i, device=valid.device) for i, n in enumerate(segments)])
     visible = (segment[None, :] == 0) | (segment[:, None] == segment[None, :])
     return visible[None, None] & valid[:, None, None, :]
 
 
-def _per_branch(
-    kv: list[KV], valid: Tensor, n_context: int, branches: int, n_suffix: int
-) -> tuple[list[KV], Tensor]:
-    """[B, ..., Lc + branches * Ls, ...] -> [branches * B, ..., Lc + Ls, ...] (branch-major): what
-    the action expert of each branch attends to, and the matching validity mask."""
-    if branches == 1:
+def _per_branch(kv: list[KV], valid: Tensor, segments: list[int]) -> tuple[list[KV], Tensor]:
+    """[B, ..., Lc + sum of Ls, ...] -> [branches * B, ..., Lc + max Ls, ...] (branch-major): what the
+    action expert of each branch attends to, and the matching validity mask. A branch with a shorter
+    suffix is padded with masked-out zeros."""
+    n_context, lengths = segments[0], segments[1:]
+    if len(lengths) == 1:
         return kv, valid
+    starts = [n_context + sum(lengths[:i]) for i in range(len(lengths))]
+    longest = max(lengths)
 
     def split(x: Tensor, dim: int) -> Tensor:
         context = x.narrow(dim, 0, n_context)
-        own = (x.narrow(dim, n_context + i * n_suffix, n_suffix) for i in range(branches))
-        return torch.cat([torch.cat([context, part], dim=dim) for part in own], dim=0)
+        rows = []
+        for start, length in zip(starts, lengths, strict=True):
+            parts = [context, x.narrow(dim, start, length)]
+            if length < longest:
+                pad_shape = list(x.shape)
+                pad_shape[dim] = longest - length
+                parts.append(x.new_zeros(pad_shape))
+            rows.append(torch.cat(parts, dim=dim))
+        return torch.cat(rows, dim=0)
 
     return [(split(k, 2), split(v, 2)) for k, v in kv], split(valid, 1)
