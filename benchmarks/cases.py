@@ -170,7 +170,10 @@ def _wait(condition, timeout: float = 60.0) -> None:
 
 def select_action(work: Path, quick: bool) -> dict[str, Any]:
     """Latency of one action chunk (chunk 50, 10 denoising steps), unguided and with CFG beta=2, on
-    one torch thread (the daemon's default, policy.torch_threads) and, for comparison, on two."""
+    one torch thread (the daemon's default, policy.torch_threads) and, for comparison, on two.
+
+    The two policies take turns call by call, so that a slower or faster stretch of the machine
+    falls on both alike instead of on whichever ran during it."""
     from flywheel.dataset import dataset_features
     from flywheel.policy_source import LeRobotChunkPolicy
     from robots.sim import ACTION_NAMES
@@ -182,17 +185,21 @@ def select_action(work: Path, quick: bool) -> dict[str, Any]:
     out: dict[str, Any] = {"torch_threads": 1}
     for threads, suffix in ((1, ""), (2, "_2threads")):
         torch.set_num_threads(threads)
+        policies = {}
         for label, beta in (("unguided", 1.0), ("cfg2", 2.0)):
             checkpoint = tiny_sim_checkpoint(work / f"{label}{suffix}", cfg_scale=beta)
-            policy = LeRobotChunkPolicy(checkpoint, features, list(ACTION_NAMES), threads, "cpu")
-            for _ in range(3):
-                policy.predict_chunk(obs, "push the puck to the goal")
-            times = []
-            for _ in range(calls):
+            policies[label] = LeRobotChunkPolicy(
+                checkpoint, features, list(ACTION_NAMES), version=0, device="cpu"
+            )
+        times: dict[str, list[float]] = {label: [] for label in policies}
+        for call in range(5 + calls):
+            for label, policy in policies.items():
                 start = time.perf_counter()
                 policy.predict_chunk(obs, "push the puck to the goal")
-                times.append((time.perf_counter() - start) * 1000)
-            out |= percentiles(times, f"chunk_{label}{suffix}")
+                if call >= 5:  # the first calls warm up allocator and caches
+                    times[label].append((time.perf_counter() - start) * 1000)
+        for label, values in times.items():
+            out |= percentiles(values, f"chunk_{label}{suffix}")
         ratio = out[f"chunk_cfg2{suffix}_p50_ms"] / out[f"chunk_unguided{suffix}_p50_ms"]
         out[f"cfg_over_unguided{suffix}_p50"] = ratio
     torch.set_num_threads(threads_before)
