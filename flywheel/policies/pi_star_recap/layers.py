@@ -46,12 +46,11 @@ class AdaptiveRMSNorm(nn.Module):
 
 
 def fan_out(x: Tensor, branches: int) -> Tensor:
-    """x's B rows repeated for each CFG branch (branch-major). With one row, as the rollout daemon has,
-    a stride-0 view: the next op writes the copies anyway, and a `repeat` costs more than the copy."""
-    if branches == 1:
+    """x's B rows repeated for each CFG branch (branch-major). One row, as the rollout daemon has, is
+    returned as it is: broadcasting repeats it for free in the next elementwise op, where a copy
+    would cost a kernel of its own."""
+    if branches == 1 or x.shape[0] == 1:
         return x
-    if x.shape[0] == 1:
-        return x.expand(branches, *x.shape[1:])
     return x.repeat(branches, *[1] * (x.dim() - 1))
 
 
@@ -61,7 +60,8 @@ def project_qkv(
     """q, k, v as [batch, heads, tokens, head_dim] with rotary positions applied to q and k.
 
     `branches` > 1 repeats the projections along the batch before the rotary step (whose positions
-    differ per CFG branch), so rows that are the same in every branch are projected once.
+    differ per CFG branch), so rows that are the same in every branch are projected once. (With one
+    row, the rotary step's broadcasting does the repeating, and v keeps its one row.)
     """
     shape = (*x.shape[:-1], -1, attn.head_dim)
     q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
@@ -124,15 +124,22 @@ class ExpertLayer(nn.Module):
         same in every branch until they attend to the prefix, so here they fan out. The two norms'
         modulations (AdaptiveRMSNorm.modulation) have B rows."""
         x, gate = self.input_layernorm(h, modulations[0])
-        branches = prefix_kv[0].shape[0] // h.shape[0]
+        rows = prefix_kv[0].shape[0]
+        branches = rows // h.shape[0]
         q, k, v = project_qkv(self.self_attn, x, cos, sin, branches)
         if branches > 1:
             h, gate = fan_out(h, branches), fan_out(gate, branches)
-        k = torch.cat([prefix_kv[0].to(k.dtype), k], dim=2)
-        v = torch.cat([prefix_kv[1].to(v.dtype), v], dim=2)
+        k = torch.cat([prefix_kv[0].to(k.dtype), _rows(k, rows)], dim=2)
+        v = torch.cat([prefix_kv[1].to(v.dtype), _rows(v, rows)], dim=2)
         h = h + gate * attend(self.self_attn, q, k, v, mask)
         x, gate = self.post_attention_layernorm(h, modulations[1])
         return h + gate * self.mlp(x)
+
+
+def _rows(x: Tensor, rows: int) -> Tensor:
+    """x with `rows` rows: itself, or its one row as a stride-0 view (fan_out left it for broadcasting,
+    which torch.cat does not do)."""
+    return x if x.shape[0] == rows else x.expand(rows, *x.shape[1:])
 
 
 class ExpertModel(nn.Module):
