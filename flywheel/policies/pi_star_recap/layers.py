@@ -37,7 +37,7 @@ class AdaptiveRMSNorm(nn.Module):
 
     def forward(self, x: Tensor, modulation: Tensor) -> tuple[Tensor, Tensor]:
         """x [R, tokens, width] normalized and modulated, and the residual gate. modulation has R rows,
-        or fewer when the rows are CFG branches of the same actions (see fan_out)."""
+        or fewer when the rows are CFG branches of the same actions (see fan_out), or one for all."""
         modulation = fan_out(modulation, x.shape[0] // modulation.shape[0])
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)

@@ -185,11 +185,11 @@ class PiStarRECAPNetwork(nn.Module):
     ) -> Tensor:
         """Euler steps from noise. Everything that does not depend on x_t is computed once, before
         the first step: the expert's view of the prefix and every step's time modulations."""
-        bsize, chunk = noise.shape[:2]
-        prefix = self.paligemma_with_expert.prepare_expert(prefix_kv, prefix_mask, chunk)
+        prefix = self.paligemma_with_expert.prepare_expert(prefix_kv, prefix_mask, noise.shape[1])
         dt = -1.0 / steps
-        t = (1.0 + dt * torch.arange(steps, device=noise.device)).repeat_interleave(bsize)
-        per_step = [m.view(steps, bsize, -1).unbind(0) for m in self.time_modulations(t)]
+        # Every row is at the same time: one modulation row per step, broadcast over the batch.
+        t = 1.0 + dt * torch.arange(steps, device=noise.device)
+        per_step = [m.split(1) for m in self.time_modulations(t)]
         x_t = noise
         for step in range(steps):
             h = self._expert(x_t, [m[step] for m in per_step], prefix).float()
