@@ -146,14 +146,15 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
 
     # ----------------------------------------------------------------------------- inputs
-    def _prefix_inputs(self, batch: dict, indicators: list[str | None], repeat: int = 1) -> PrefixInputs:
-        """Prefix inputs for the batch; `indicators` has repeat * B entries (CFG stacks suffixes)."""
+    def _prefix_inputs(self, batch: dict, indicators: list[str | None], branches: int = 1) -> PrefixInputs:
+        """Prefix inputs for the batch; `indicators` has branches * B entries, branch-major (CFG: the
+        positive branch, then the unconditioned one)."""
         timed = bi.has_time_axis(batch)
         device = next(self.model.parameters()).device
         state = bi.frame(batch[OBS_STATE], 0, timed).to(device)
         bsize = state.shape[0]
-        if len(indicators) != repeat * bsize:
-            raise ValueError(f"indicators: {len(indicators)} for {repeat} x {bsize} rows")
+        if len(indicators) != branches * bsize:
+            raise ValueError(f"indicators: {len(indicators)} for {branches} x {bsize} rows")
         images, masks = bi.camera_images(
             batch, list(self.config.image_features), self.config.image_size, timed, device
         )
@@ -163,8 +164,8 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         context, context_mask = tokenize_contexts(self.tokenizer, tasks, bins, max_length, device)
         # One tensor per branch, each padded only to its own longest suffix: under CFG the
         # unconditioned "Action: " is far shorter than the positive suffix.
-        branches = [indicators[i * bsize : (i + 1) * bsize] for i in range(repeat)]
-        suffixes = [tokenize_suffixes(self.tokenizer, branch, device) for branch in branches]
+        per_branch = [indicators[i * bsize : (i + 1) * bsize] for i in range(branches)]
+        suffixes = [tokenize_suffixes(self.tokenizer, branch, device) for branch in per_branch]
         return PrefixInputs(
             images,
             masks,
@@ -271,7 +272,7 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         positive = None if cfg.advantage_estimator == "iql" else POSITIVE
         guided = cfg.cfg_scale != 1.0 and positive is not None
         indicators = [positive] * bsize + ([None] * bsize if guided else [])
-        inputs = self._prefix_inputs(batch, indicators, repeat=2 if guided else 1)
+        inputs = self._prefix_inputs(batch, indicators, branches=2 if guided else 1)
         actions = self.model.sample(inputs, noise.to(device), cfg.cfg_scale if guided else 1.0)
         return actions[:, :, : cfg.action_dim]
 
