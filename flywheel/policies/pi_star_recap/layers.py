@@ -65,8 +65,7 @@ def project_qkv(
     """
     shape = (*x.shape[:-1], -1, attn.head_dim)
     q, k, v = (proj(x).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
-    if branches > 1:
-        q, k, v = (fan_out(t, branches) for t in (q, k, v))
+    q, k, v = (fan_out(t, branches) for t in (q, k, v))
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     return q, k, v
 
@@ -127,8 +126,7 @@ class ExpertLayer(nn.Module):
         rows = prefix_kv[0].shape[0]
         branches = rows // h.shape[0]
         q, k, v = project_qkv(self.self_attn, x, cos, sin, branches)
-        if branches > 1:
-            h, gate = fan_out(h, branches), fan_out(gate, branches)
+        h, gate = fan_out(h, branches), fan_out(gate, branches)
         k = torch.cat([prefix_kv[0].to(k.dtype), _rows(k, rows)], dim=2)
         v = torch.cat([prefix_kv[1].to(v.dtype), _rows(v, rows)], dim=2)
         h = h + gate * attend(self.self_attn, q, k, v, mask)
