@@ -117,7 +117,7 @@ class PaliGemmaWithExpert(nn.Module):
         """The prefix as the action expert reads it for a chunk of `chunk` action tokens."""
         n_prefix = prefix_mask.sum(dim=1, keepdim=True)
         positions = n_prefix + torch.arange(chunk, device=prefix_mask.device)[None, :]
-        cos, sin = self.rotary(prefix_kv[0][0], positions)
+        cos, sin = self.rotary(prefix_kv[0][0], positions)  # the keys give dtype and device
         own = torch.ones(prefix_mask.shape[0], chunk, dtype=torch.bool, device=prefix_mask.device)
         mask = torch.cat([prefix_mask, own], dim=1)[:, None, None, :]
         return ExpertPrefix(prefix_kv, mask, cos, sin)

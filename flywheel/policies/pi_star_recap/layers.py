@@ -121,7 +121,7 @@ class ExpertLayer(nn.Module):
     ) -> Tensor:
         """h may have B rows against a prefix of branches x B rows (CFG): the action tokens are the
         same in every branch until they attend to the prefix, so here they fan out. The two norms'
-        modulations (AdaptiveRMSNorm.modulation) have B rows."""
+        modulations (AdaptiveRMSNorm.modulation) have B rows, or one for all (sampling)."""
         x, gate = self.input_layernorm(h, modulations[0])
         rows = prefix_kv[0].shape[0]
         branches = rows // h.shape[0]
