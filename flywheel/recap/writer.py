@@ -10,14 +10,15 @@
 Everything is written into a temporary sibling directory and renamed into place at the end, so a
 failure leaves no output; the source is only read. Data files are rewritten with the new columns
 (images, when stored in parquet, pass through as bytes); all other files are copied, then
-meta/info.json, meta/stats.json and the per-episode stats in meta/episodes are extended.
+meta/info.json, meta/stats.json and the per-episode stats in meta/episodes are extended. An existing
+output is replaced only when it is recognisably an earlier labeled output (`is_labeled_output`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -52,20 +53,61 @@ def label_columns(values: np.ndarray, advantages: np.ndarray, positive: np.ndarr
     }
 
 
+# What a labeled output holds at its top level: a LeRobot dataset's folders, nothing else.
+DATASET_ENTRIES = frozenset({"meta", "data", "videos", "images"})
+
+
+def is_labeled_output(root: Path) -> bool:
+    """An earlier `flywheel label` output: it has the labels report and the label features, and
+    nothing at its top level but a dataset's own folders (a folder someone added files to, or
+    recorded into, is no longer only ours to replace)."""
+    info = root / "meta" / "info.json"
+    if not (root / LABELS_FILE).is_file() or not info.is_file():
+        return False
+    try:
+        features = json.loads(info.read_text()).get("features", {})
+    except (OSError, ValueError):
+        return False
+    entries = {p.name for p in root.iterdir()}
+    return set(LABEL_FEATURES) <= set(features) and entries <= DATASET_ENTRIES
+
+
 def check_output_root(source_root: Path, out: Path, overwrite: bool) -> None:
-    if out.resolve() == source_root.resolve() or source_root.resolve() in out.resolve().parents:
-        raise ValueError(f"output.root: {out} must not be the source dataset or inside it")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"output.root: {out} exists and is not empty (--output.overwrite=true)")
+    """Refuse any output that could cost data: the source, a folder inside it or holding it, a
+    symbolic link, or a non-empty folder that is not an earlier labeled output."""
+    out = Path(out)
+    if out.is_symlink():
+        raise ValueError(f"output.root: {out} is a symbolic link (to {out.resolve()}); pass a real folder")
+    source, target = Path(source_root).resolve(), out.resolve()
+    if target == source or source in target.parents:
+        raise ValueError(f"output.root: {out} must not be the source dataset {source_root} or inside it")
+    if target in source.parents:
+        raise ValueError(f"output.root: {out} contains the source dataset {source_root}; choose another")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"output.root: {out} exists and is not a folder")
+    if not out.exists() or not any(out.iterdir()):
+        return
+    if not is_labeled_output(out):
+        raise FileExistsError(
+            f"output.root: {out} is not empty and is not an earlier labeled output "
+            f"(no {LABELS_FILE}, or other files beside the dataset); nothing there is replaced"
+        )
+    if not overwrite:
+        raise FileExistsError(
+            f"output.root: {out} holds an earlier labeled output; --output.overwrite=true replaces it"
+        )
 
 
 def write_labeled(
     source: Source, out: Path, columns: dict[str, np.ndarray], report: dict, extra_dirs: dict[str, Path]
 ) -> None:
-    """Copy `source` to `out` with the label columns; `extra_dirs` are copied under `out` too."""
+    """Copy `source` to `out` with the label columns; `extra_dirs` are copied under `out` too.
+
+    The caller has checked `out` with `check_output_root`."""
     out = Path(out)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh, uniquely named sibling: nothing that existed before is ever reused or removed.
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)) / "dataset"
     try:
         shutil.copytree(source.root, tmp, ignore=shutil.ignore_patterns("quarantine"))
         features = _extend_info(tmp, source.info, features_for(columns))
@@ -78,12 +120,25 @@ def write_labeled(
         (tmp / LABELS_FILE).write_text(json.dumps(report, indent=2, default=float))
         for name, directory in extra_dirs.items():
             shutil.copytree(directory, tmp / name)
-        if out.exists():
-            shutil.rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
+        _move_into_place(tmp, out)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def _move_into_place(new: Path, out: Path) -> None:
+    """Rename `new` to `out`. An earlier labeled output there is moved aside first and removed only
+    once the new one is in place, so a failure never leaves neither."""
+    if not out.exists():
+        new.rename(out)
+        return
+    if any(out.iterdir()) and not is_labeled_output(out):  # checked before; re-checked before removing
+        raise FileExistsError(f"output.root: {out} changed while labeling and is no longer ours to replace")
+    old = new.parent / "replaced"
+    out.rename(old)
+    try:
+        new.rename(out)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        old.rename(out)
         raise
 
 
