@@ -19,7 +19,8 @@ class DemoConfig:
 
     # Everything (datasets, registry, evaluations, results.json, report.md, figures) goes here.
     out_dir: Path = Path("outputs/demo")
-    # Remove out_dir first if it exists (otherwise the demo refuses to mix two runs).
+    # Replace out_dir if it holds an earlier demo run (a folder the demo did not make is never
+    # touched; without this the demo refuses to mix two runs).
     overwrite: bool = False
     # Shrink everything to the ~5 minute smoke run (one task, two seeds, fewer episodes and steps).
     quick: bool = False

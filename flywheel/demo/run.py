@@ -96,13 +96,24 @@ def demo_main(cfg: DemoConfig) -> int:
     return 1 if problems else 0
 
 
+# Written first into every demo output folder: how --overwrite knows a folder is an earlier run's.
+MARKER = ".flywheel-demo"
+
+
 def prepare_out_dir(cfg: DemoConfig) -> Path:
+    """An empty out_dir. --overwrite replaces only an earlier demo's folder (it holds MARKER), never
+    a folder the demo did not make, whatever it holds."""
     out = Path(cfg.out_dir)
+    if out.is_symlink():
+        raise ValueError(f"out_dir: {out} is a symbolic link (to {out.resolve()}); pass a real folder")
     if out.exists() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise FileExistsError(f"out_dir: {out} is not empty and is not an earlier demo's output")
         if not cfg.overwrite:
-            raise FileExistsError(f"out_dir: {out} is not empty (use --overwrite=true)")
+            raise FileExistsError(f"out_dir: {out} holds an earlier demo run (--overwrite=true replaces it)")
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by `flywheel demo`; --overwrite=true may replace this folder\n")
     return out
 
 

@@ -72,6 +72,28 @@ def test_refuses_a_non_empty_output_folder_without_overwrite(tmp_path):
     assert (tmp_path / "old.txt").exists()
 
 
+def test_overwrite_never_removes_a_folder_the_demo_did_not_make(tmp_path):
+    """`--overwrite=true` on the user's own folder (say the repository, or a dataset) deletes nothing."""
+    (tmp_path / "dataset").mkdir()
+    (tmp_path / "dataset" / "episode.parquet").write_text("precious")
+    assert demo_main(DemoConfig(out_dir=tmp_path, overwrite=True)) == 2
+    assert (tmp_path / "dataset" / "episode.parquet").read_text() == "precious"
+    link = tmp_path.parent / f"{tmp_path.name}-link"
+    link.symlink_to(tmp_path, target_is_directory=True)
+    assert demo_main(DemoConfig(out_dir=link, overwrite=True)) == 2
+    assert (tmp_path / "dataset" / "episode.parquet").exists()
+
+
+def test_overwrite_replaces_an_earlier_demo_run(tmp_path):
+    out = tmp_path / "demo"
+    prepare_out_dir(DemoConfig(out_dir=out))
+    (out / "results.json").write_text("{}")  # what an earlier run left
+    with pytest.raises(FileExistsError, match="earlier demo run"):
+        prepare_out_dir(DemoConfig(out_dir=out))
+    assert prepare_out_dir(DemoConfig(out_dir=out, overwrite=True)) == out
+    assert not (out / "results.json").exists()
+
+
 def test_refuses_unknown_methods():
     with pytest.raises(ValueError, match="methods"):
         DemoConfig(methods=["recap", "ppo"]).resolved()
