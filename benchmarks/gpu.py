@@ -34,6 +34,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from safetensors.torch import save_file
 
 from benchmarks.fixtures import pi05_base_state_dict
+from flywheel.files import unused_path
 from flywheel.policies.pi_star_recap import PiStarRECAPConfig, PiStarRECAPPolicy
 from flywheel.policies.pi_star_recap.presets import PRESETS
 
@@ -154,7 +155,8 @@ class Report:
     """The figures so far, rewritten to disk after every phase (a phase that fails keeps the rest)."""
 
     def __init__(self, cfg: GpuBenchConfig) -> None:
-        self.path, self.data = cfg.output, {"preset": cfg.preset, "device": cfg.device}
+        # An earlier run's figures are kept: a new run writes beside them.
+        self.path, self.data = unused_path(cfg.output), {"preset": cfg.preset, "device": cfg.device}
         self.data["torch"] = torch.__version__
         self.data["python"] = platform.python_version()
         if cfg.device.startswith("cuda"):

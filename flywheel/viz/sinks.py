@@ -15,10 +15,12 @@ import subprocess
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import rerun as rr
 import rerun.blueprint as rrb
 
+from flywheel.files import unused_path
 from flywheel.viz.config import RerunConfig
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class Recording:
     stream: rr.RecordingStream
     url: str | None = None  # gRPC URL a viewer (or another logger) can connect to
     web_url: str | None = None  # the served web viewer, opened on this recording
+    path: Path | None = None  # the .rrd file written: rerun.save, or a free name beside it
     children: list[subprocess.Popen] = field(default_factory=list)
 
     def close(self, timeout_s: float = 5.0) -> None:
@@ -100,8 +103,11 @@ def open_recording(cfg: RerunConfig, blueprint: rrb.Blueprint | None = None) -> 
     if recording.url:
         sinks.append(rr.GrpcSink(recording.url))
     if cfg.save:
-        cfg.save.parent.mkdir(parents=True, exist_ok=True)
-        sinks.append(rr.FileSink(str(cfg.save)))
+        recording.path = unused_path(cfg.save)
+        if recording.path != cfg.save:  # a restarted child, the trainer's next iteration, a rerun
+            log.warning("rerun.save: %s exists and is kept; recording to %s", cfg.save, recording.path)
+        recording.path.parent.mkdir(parents=True, exist_ok=True)
+        sinks.append(rr.FileSink(str(recording.path)))
     if sinks:
         stream.set_sinks(*sinks)
     if blueprint is not None:

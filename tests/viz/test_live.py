@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import rerun as rr
 
 from flywheel.viz import RerunConfig, RerunLogger
-from flywheel.viz.sinks import Recording
+from flywheel.viz.sinks import Recording, open_recording
 from tests.viz.readback import scalar_column, text_rows
 from tests.viz.simrun import POLICY_VERSION, drive, sim_arm
 
@@ -121,3 +122,15 @@ def test_at_30_hz_with_camera_images_nothing_is_dropped_and_a_tick_costs_microse
     logger.close()
     assert logger.dropped == 0 and logger.logged == 60
     assert np.percentile(costs, 99) < 0.001
+
+
+def test_rerun_save_never_overwrites_an_existing_recording(tmp_path):
+    """A restarted daemon or the trainer's next iteration with the same --rerun.save keeps the first
+    file and records beside it."""
+    path = tmp_path / "run.rrd"
+    path.write_bytes(b"an earlier recording")
+    recording = open_recording(RerunConfig(save=path))
+    recording.stream.log("x", rr.Scalars(1.0))
+    recording.close()
+    assert path.read_bytes() == b"an earlier recording"
+    assert recording.path == tmp_path / "run-2.rrd" and recording.path.stat().st_size > 0
