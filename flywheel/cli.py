@@ -100,7 +100,11 @@ def _deploy(cfg: DeployConfig) -> int:
         if version is None:
             print(f"flywheel deploy: registry: no versions in {cfg.registry}", file=sys.stderr)
             return 2
-        manifest = registry.manifest(version)
+        try:
+            manifest = registry.manifest(version)
+        except FileNotFoundError as e:  # names the version and the registry
+            print(f"flywheel deploy: {e} (versions there: {registry.versions() or 'none'})", file=sys.stderr)
+            return 2
         fields = {
             "version": version,
             "path": str(registry.path(version).resolve()),
@@ -114,7 +118,11 @@ def _deploy(cfg: DeployConfig) -> int:
             fields,
             cfg.timeout_s,
             cfg.wire.security("operator"),
+            connect_timeout_s=cfg.connect_timeout_s,
         )
+    except ConnectionError as e:
+        print(f"flywheel deploy: wire.deploy: {e}; is the rollout daemon running?", file=sys.stderr)
+        return 1
     except TimeoutError as e:
         print(f"flywheel deploy: {e} (is the rollout daemon running?)", file=sys.stderr)
         return 1
@@ -176,12 +184,9 @@ def _bench(cfg) -> int:
 
 
 def _trainer(cfg) -> int:
-    from trainer.loop import Trainer
+    from trainer.loop import trainer_main
 
-    trainer = Trainer(cfg)
-    signal.signal(signal.SIGTERM, lambda *_: trainer.stop())
-    trainer.run()
-    return 0
+    return trainer_main(cfg)
 
 
 def _print_summary(results) -> None:

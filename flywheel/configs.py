@@ -249,10 +249,15 @@ class DeployConfig:
     wire: WireConfig = field(default_factory=WireConfig)
     # How long to wait for the daemon's answer (loading and checking a large model takes a while).
     timeout_s: float = 120.0
+    # How long to wait for the daemon's socket to accept the connection before saying it is absent.
+    connect_timeout_s: float = 1.0
 
     def __post_init__(self):
         if self.rollback and self.version is not None:
             raise ValueError("version: give either --version or --rollback, not both")
+        for name in ("timeout_s", "connect_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name}: {getattr(self, name)} must be positive")
 
 
 @dataclass

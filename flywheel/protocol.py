@@ -288,18 +288,39 @@ def request(
     fields: Mapping[str, Any],
     timeout_s: float,
     security: Security | None = None,
+    connect_timeout_s: float | None = None,
 ) -> Message:
     """One request/reply exchange (REQ socket), bounded in time: raises TimeoutError when no reply
-    comes, ProtocolError when the reply is malformed."""
+    comes, ProtocolError when the reply is malformed. With `connect_timeout_s`, a tcp:// or ipc://
+    peer that does not accept the connection that soon raises ConnectionError first, so an absent
+    server is reported at once rather than after the whole reply timeout."""
     socket = ctx.socket(zmq.REQ)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES + MAX_ARRAY_BYTES)
     try:
         secure_client(socket, security, server="daemon")  # requests go to the daemon's endpoint
-        socket.connect(address)
+        if connect_timeout_s is not None and not address.startswith("inproc://"):
+            _connect_checked(socket, address, connect_timeout_s)
+        else:
+            socket.connect(address)
         socket.send_multipart(encode(Message(msg_type, dict(fields), {}, 1, time.monotonic())))
         if not socket.poll(timeout=int(timeout_s * 1000)):
             raise TimeoutError(f"{address}: no reply to {msg_type} within {timeout_s:.0f} s")
         return decode(socket.recv_multipart())
     finally:
         socket.close()
+
+
+def _connect_checked(socket: zmq.Socket, address: str, timeout_s: float) -> None:
+    """Connect and wait for the transport to come up (ZeroMQ otherwise retries silently forever)."""
+    from zmq.utils.monitor import recv_monitor_message
+
+    monitor = socket.get_monitor_socket(zmq.EVENT_CONNECTED)
+    try:
+        socket.connect(address)
+        if not monitor.poll(timeout=int(timeout_s * 1000)):
+            raise ConnectionError(f"{address}: nothing accepted a connection within {timeout_s:g} s")
+        recv_monitor_message(monitor)
+    finally:
+        socket.disable_monitor()
+        monitor.close()

@@ -90,7 +90,13 @@ def test_deploy_endpoint_answers_only_authorised_requests(keys):
                      security=Security(keys / "keys", "daemon")).start()  # fmt: skip
     try:
         reply = request(
-            ctx, address, MessageType.DEPLOY, {"version": 0}, 5, Security(keys / "keys", "operator")
+            ctx,
+            address,
+            MessageType.DEPLOY,
+            {"version": 0},
+            5,
+            Security(keys / "keys", "operator"),
+            connect_timeout_s=1.0,  # the connect check sees the transport before the Curve handshake
         )
         assert reply.fields["status"] == "rejected" and "deploy.version" in reply.fields["reason"]
         (keys / "stranger" / "public" / "daemon.key").write_bytes(
