@@ -126,13 +126,22 @@ def open_for_append(
 def _forget_if_never_used(root: Path) -> None:
     """A dataset created by a run that saved no episode (it failed to connect, say) holds only
     meta/info.json, which LeRobot cannot reopen (it looks for the data on the hub). Nothing was
-    saved in it, so it is created again."""
+    saved in it, so it is created again.
+
+    Only that file and its two folders are removed, one by one (never a tree): a root holding
+    anything else is refused and left as it is, since that is not what such a run leaves."""
     info = root / "meta" / "info.json"
-    if not info.exists():
+    if not info.exists() or read_json_retrying(info).get("total_episodes") != 0:
         return
-    files = [p for p in root.rglob("*") if p.is_file()]
-    if files == [info] and json.loads(info.read_text()).get("total_episodes") == 0:
-        shutil.rmtree(root)
+    others = sorted({*root.iterdir(), *info.parent.iterdir()} - {info, info.parent})
+    if others:
+        raise FileExistsError(
+            f"dataset.root: {root} holds no saved episode (meta/info.json says 0) but holds {others[0]}, "
+            "which a run that saved nothing does not leave; move it aside or give another dataset.root"
+        )
+    info.unlink()
+    info.parent.rmdir()  # rmdir, not rmtree: fails rather than removes anything that appeared meanwhile
+    root.rmdir()
 
 
 def _check_compatible(dataset: LeRobotDataset, fps: int, features: dict) -> None:
@@ -253,6 +262,8 @@ def snapshot(root: Path, dest: Path) -> list[int]:
     root, dest = Path(root), Path(dest)
     if dest.exists():
         raise FileExistsError(f"snapshot: {dest} exists")
+    if root.resolve() in dest.resolve().parents:
+        raise ValueError(f"snapshot: {dest} must not be inside the dataset it copies ({root})")
     rows = []
     for path in sorted((root / "meta" / "episodes").glob("*/*.parquet")):
         try:
@@ -262,15 +273,13 @@ def snapshot(root: Path, dest: Path) -> list[int]:
     episodes = pd.concat([df for _, df in rows], ignore_index=True) if rows else pd.DataFrame()
     for path, _ in rows:
         _link(path, dest / path.relative_to(root))
-    for chunk, file in zip(
-        episodes.get("data/chunk_index", []), episodes.get("data/file_index", []), strict=True
-    ):
-        relative = Path("data") / f"chunk-{chunk:03d}" / f"file-{file:03d}.parquet"
+    for relative in _data_files(episodes):
         _link(root / relative, dest / relative)
+    (dest / "meta").mkdir(parents=True, exist_ok=True)
     for name in ("meta/stats.json", "meta/tasks.parquet"):
         if (root / name).exists():
             shutil.copy2(root / name, dest / name)
-    info = _read_json_retrying(root / "meta" / "info.json")
+    info = read_json_retrying(root / "meta" / "info.json")
     info["total_episodes"] = len(episodes)
     info["total_frames"] = int(episodes["length"].sum()) if len(episodes) else 0
     info["splits"] = {"train": f"0:{len(episodes)}"}
@@ -278,15 +287,24 @@ def snapshot(root: Path, dest: Path) -> list[int]:
     return sorted(int(i) for i in episodes.get("episode_index", []))
 
 
+def _data_files(episodes: pd.DataFrame) -> list[Path]:
+    """The data files the episodes' frames are in, each once: stock LeRobot (lerobot-record) packs
+    several episodes into one file, which is linked once, not once per episode."""
+    files = set(zip(episodes.get("data/chunk_index", []), episodes.get("data/file_index", []), strict=True))
+    return [Path("data") / f"chunk-{chunk:03d}" / f"file-{file:03d}.parquet" for chunk, file in sorted(files)]
+
+
 def _link(source: Path, target: Path) -> None:
     target.parent.mkdir(parents=True, exist_ok=True)
     try:
         os.link(source, target)
-    except OSError:
+    except FileExistsError:
+        raise  # never copy over what is there (it may be `source` itself, through a link)
+    except OSError:  # another filesystem, or links not allowed
         shutil.copy2(source, target)
 
 
-def _read_json_retrying(path: Path, attempts: int = 20) -> dict:
+def read_json_retrying(path: Path, attempts: int = 20) -> dict:
     """info.json is rewritten in place on every save; a read can land mid-write."""
     for _ in range(attempts):
         try:

@@ -1,11 +1,14 @@
-"""Opening a dataset for appending: new, existing, never used, or incompatible."""
+"""Opening a dataset for appending (new, existing, never used, or incompatible) and snapshots of it."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.dataset import DataType, EpisodeInfo, dataset_features, open_for_append, save_episode
+from flywheel.dataset import DataType, EpisodeInfo, dataset_features, open_for_append, save_episode, snapshot
 
 FEATURES = dataset_features({"a": float, "b": float}, {"x": float}, use_videos=False)
 
@@ -42,3 +45,65 @@ def test_a_folder_that_is_not_a_dataset_is_never_touched(tmp_path):
     with pytest.raises(FileExistsError, match=r"dataset\.root"):
         open_for_append(tmp_path / "ds", "t/x", 30, FEATURES, "arm", False)
     assert (tmp_path / "ds" / "notes.txt").read_text() == "mine"
+
+
+# --- datasets as stock LeRobot writes them -------------------------------------------------------
+STOCK_FEATURES = {
+    "observation.state": {"dtype": "float32", "shape": (2,), "names": ["a", "b"]},
+    "action": {"dtype": "float32", "shape": (1,), "names": ["x"]},
+}
+
+
+def stock_dataset(root: Path, lengths: tuple[int, ...] = (3, 4, 5)) -> Path:
+    """A dataset written the way stock `lerobot-record` writes it: LeRobot's own LeRobotDataset.create,
+    add_frame and save_episode (the very calls lerobot-record makes), no flywheel column. LeRobot 0.4.4
+    packs every episode into one data file and one metadata file by default."""
+    dataset = LeRobotDataset.create("local/stock", 30, STOCK_FEATURES, root=root, use_videos=False)
+    for length in lengths:
+        for k in range(length):
+            state = np.array([k, -k], np.float32)
+            dataset.add_frame({"observation.state": state, "action": np.array([k], np.float32), "task": "t"})
+        dataset.save_episode()
+    dataset.finalize()
+    return root
+
+
+def tree(root: Path) -> dict[str, bytes]:
+    """Every file under `root` and its bytes: to show that nothing in it changed."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_snapshot_of_episodes_that_share_one_data_file(tmp_path):
+    root = stock_dataset(tmp_path / "stock")
+    assert len(list((root / "data").rglob("*.parquet"))) == 1  # the premise: three episodes, one file
+    before = tree(root)
+
+    assert snapshot(root, tmp_path / "snap") == [0, 1, 2]  # raised shutil.SameFileError before
+
+    copy = LeRobotDataset("local/stock", root=tmp_path / "snap")
+    assert (copy.num_episodes, copy.num_frames) == (3, 12)
+    assert copy[11]["observation.state"].tolist() == [4.0, -4.0]
+    assert tree(root) == before  # the source is untouched
+
+
+def test_a_snapshot_is_never_written_into_the_dataset_it_copies(tmp_path):
+    root = stock_dataset(tmp_path / "stock", (3,))
+    before = tree(root)
+    with pytest.raises(ValueError, match=r"snapshot: .* must not be inside the dataset"):
+        snapshot(root, root / "snap")
+    assert tree(root) == before
+
+
+def test_a_never_used_dataset_with_anything_else_in_it_is_refused_not_removed(tmp_path):
+    root = tmp_path / "ds"
+    open_for_append(root, "t/x", 30, FEATURES, "arm", False)  # saved nothing: only meta/info.json
+    (root / "mine").mkdir()  # the user's (empty) folder: removed with the whole root before
+    with pytest.raises(FileExistsError, match=r"dataset\.root: .* holds no saved episode .*mine"):
+        open_for_append(root, "t/x", 30, FEATURES, "arm", False)
+    assert (root / "mine").is_dir() and (root / "meta" / "info.json").exists()
+
+    (root / "meta" / "notes.txt").write_text("mine")
+    (root / "mine").rmdir()
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
+        open_for_append(root, "t/x", 30, FEATURES, "arm", False)
+    assert (root / "meta" / "notes.txt").read_text() == "mine"

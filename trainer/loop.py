@@ -18,10 +18,15 @@ nothing counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
+import os
+import re
 import shutil
+import signal
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,7 +38,7 @@ from flywheel.dataset import snapshot
 from flywheel.protocol import MessageType, request
 from flywheel.recap.labeling import LabelConfig, run_labeling
 from flywheel.recap.sampler import DataTypeWeights, frame_weights
-from flywheel.recap.source import load_source
+from flywheel.recap.source import LabelInputError, check_dataset, load_source
 from flywheel.viz.config import RerunConfig
 from trainer.gate import GateConfig, decide, holdout_episodes
 from trainer.intake import EpisodeIntake
@@ -42,6 +47,15 @@ from trainer.schedule import next_occurrence, parse_clock
 from trainer.train_policy import TrainPolicyConfig, train_policy
 
 log = logging.getLogger(__name__)
+
+# In work_dir: says the folder is this trainer's, for which dataset (the only folder it removes things in).
+WORK_MARKER = ".flywheel-trainer"
+# What a trainer from before WORK_MARKER existed leaves in its work_dir.
+_EARLIER_TRAINER = re.compile(r"state\.json|state\.tmp|iter-\d{4,}")
+
+
+class TrainerInputError(ValueError):
+    """The trainer's folders cannot be used as given; the message names the flag and the path."""
 
 
 @dataclass
@@ -91,9 +105,61 @@ class TrainerConfig:
             raise ValueError(f"every: {self.every} must be >= 0")
 
 
+def check_paths(cfg: TrainerConfig) -> None:
+    """The trainer writes into work_dir and registry and removes its own half-made folders there: neither
+    may be, hold or sit inside the dataset, nor overlap the other."""
+    pairs = (
+        ("work_dir", cfg.work_dir, "dataset_root", cfg.dataset_root),
+        ("registry", cfg.registry, "dataset_root", cfg.dataset_root),
+        ("registry", cfg.registry, "work_dir", cfg.work_dir),
+    )
+    for name, path, other_name, other in pairs:
+        if _overlap(Path(path), Path(other)):
+            raise TrainerInputError(
+                f"{name}: {path} must not be, hold or sit inside {other_name} ({other}); "
+                "give separate folders"
+            )
+
+
+def _overlap(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or a in b.parents or b in a.parents
+
+
+def _marker_owner(marker: Path) -> str | None:
+    try:
+        return json.loads(marker.read_text()).get("dataset_root")
+    except (json.JSONDecodeError, AttributeError) as e:
+        raise TrainerInputError(f"work_dir: {marker} is unreadable ({e}); move it aside") from e
+
+
+def _write_json(path: Path, value) -> None:
+    """Whole or not at all: a trainer killed mid-write must not leave a file it cannot read back."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    os.replace(tmp, path)
+
+
+def trainer_main(cfg: TrainerConfig) -> int:
+    """Entry point of `flywheel trainer`: 0 when done or stopped, 2 when its input or a folder is refused."""
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        trainer = Trainer(cfg)
+        signal.signal(signal.SIGTERM, lambda *_: trainer.stop())
+        trainer.run()
+    except (LabelInputError, TrainerInputError) as e:
+        print(f"flywheel trainer: {e}", file=sys.stderr)
+        return 2
+    finally:
+        signal.signal(signal.SIGTERM, previous)  # the handler holds this trainer; called in-process too
+    return 0
+
+
 class Trainer:
     def __init__(self, cfg: TrainerConfig):
         self.cfg = cfg
+        check_paths(cfg)
+        self._check_work_dir()
         self.registry = ModelRegistry(cfg.registry)
         self.intake = EpisodeIntake(cfg.dataset_root, cfg.work_dir / "state.json")
         self._ctx = zmq.Context.instance()
@@ -104,6 +170,8 @@ class Trainer:
 
     def run(self) -> None:
         cfg = self.cfg
+        if cfg.once or self.intake.all_episodes():
+            self._check_input()  # a dataset the trainer cannot use: say so now, not at the first iteration
         if cfg.once:
             self.iterate("nightly")
             return
@@ -133,6 +201,42 @@ class Trainer:
             return None
         return next_occurrence(parse_clock(self.cfg.schedule), dt.datetime.now())
 
+    # --- its folders and its input ---------------------------------------------------------------
+    def _check_work_dir(self) -> None:
+        """work_dir is where the trainer removes its own half-made folders: it must be new, empty, or
+        the trainer's own for this dataset, so that nothing else is ever removed or overwritten."""
+        work, marker = self.cfg.work_dir, self.cfg.work_dir / WORK_MARKER
+        if marker.exists():
+            owner = _marker_owner(marker)
+            if owner != str(Path(self.cfg.dataset_root).resolve()):
+                raise TrainerInputError(
+                    f"work_dir: {work} holds the trainer's work on the dataset {owner}, "
+                    f"not on {self.cfg.dataset_root}; give another work_dir"
+                )
+            return
+        if work.exists() and not work.is_dir():
+            raise TrainerInputError(f"work_dir: {work} is not a folder")
+        names = sorted(p.name for p in work.iterdir()) if work.exists() else []
+        earlier = "state.json" in names and all(_EARLIER_TRAINER.fullmatch(n) for n in names)
+        if names and not earlier:
+            raise TrainerInputError(
+                f"work_dir: {work} is not empty and not the trainer's (it holds {', '.join(names[:3])}); "
+                "give a new or empty folder"
+            )
+
+    def _claim_work_dir(self) -> None:
+        marker = self.cfg.work_dir / WORK_MARKER
+        if not marker.exists():
+            self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
+            dataset = str(Path(self.cfg.dataset_root).resolve())
+            # Not _write_json: its temporary file, left by a kill, would make work_dir look like a stranger's.
+            marker.write_text(json.dumps({"made_by": "flywheel trainer", "dataset_root": dataset}))
+
+    def _check_input(self) -> None:
+        """The checks `flywheel label` makes, on the user's dataset and before anything is written: an
+        error names dataset_root, never the trainer's snapshot of it."""
+        check_dataset(self.cfg.dataset_root)
+
     # --- one iteration ---------------------------------------------------------------------------
     def iterate(self, kind: str) -> int | None:
         """Label, train, publish, gate, deploy. Returns the new version (None when gated out)."""
@@ -140,8 +244,11 @@ class Trainer:
         if not self.intake.all_episodes():
             log.info("trainer: no episodes yet")
             return None
+        self._check_input()
+        self._claim_work_dir()
         number = self.intake.state.iterations + 1
         folder = cfg.work_dir / f"iter-{number:04d}"
+        folder.mkdir(exist_ok=True)
         episodes = self._snapshot(folder)  # the iteration's episodes, pinned across restarts
         log.info("iteration %d (%s) on %d episodes in %s", number, kind, len(episodes), folder)
         heldout = holdout_episodes(episodes, cfg.gate.holdout_every)
@@ -156,7 +263,7 @@ class Trainer:
             version = self.registry.publish(
                 pretrained, parent=current, kind=kind, episodes=trained_on
             ).version
-            manifest_path.write_text(json.dumps({"version": version}))
+            _write_json(manifest_path, {"version": version})
         decision = decide(
             cfg.gate,
             self.registry.path(version),
@@ -177,19 +284,29 @@ class Trainer:
         snap, pinned = folder / "snapshot", folder / "episodes.json"
         if pinned.exists():
             return json.loads(pinned.read_text())
-        shutil.rmtree(snap, ignore_errors=True)  # a snapshot interrupted half-way
-        episodes = snapshot(self.cfg.dataset_root, snap)
-        pinned.write_text(json.dumps(episodes))
+        # Inside the trainer's own work_dir (checked at start): a snapshot it was interrupted making.
+        shutil.rmtree(snap, ignore_errors=True)
+        try:
+            episodes = snapshot(self.cfg.dataset_root, snap)
+        except BaseException:
+            shutil.rmtree(snap, ignore_errors=True)  # leave nothing half-made
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # the iteration folder too, if nothing else is in it
+            raise
+        _write_json(pinned, episodes)
         return episodes
 
     def _label(self, folder: Path) -> Path:
         out = folder / "labeled"
         if (out / "meta" / "recap_labels.json").exists():
             return out  # labeled before a restart
-        shutil.rmtree(out, ignore_errors=True)  # a half-written copy of the trainer's own scratch
+        shutil.rmtree(out, ignore_errors=True)  # a half-written copy, in the trainer's own work_dir
         label_cfg = self.cfg.label
         label_cfg.dataset.root, label_cfg.output.root = folder / "snapshot", out
-        labels = run_labeling(label_cfg)
+        try:
+            labels = run_labeling(label_cfg)
+        except LabelInputError as e:
+            raise LabelInputError(f"{e} (the trainer's snapshot of {self.cfg.dataset_root})") from e
         if self.cfg.rerun.enabled:
             self._log_labels(out, labels)
         return out
@@ -235,6 +352,9 @@ class Trainer:
         np.save(folder / "sample_weights.npy", weights)
         warm = kind == "continuous" and current is not None
         out = folder / "train"
+        resume = (out / "checkpoints" / "last" / "step.json").exists()
+        if not resume:  # a run killed before its first checkpoint, in the trainer's own work_dir: redone
+            shutil.rmtree(out, ignore_errors=True)
         return train_policy(
             TrainPolicyConfig(
                 dataset_root=labeled,
@@ -247,7 +367,7 @@ class Trainer:
                 save_every=cfg.save_every,
                 trackers=cfg.trackers,
                 sample_weights=folder / "sample_weights.npy",
-                resume=(out / "checkpoints" / "last" / "step.json").exists(),
+                resume=resume,
             )
         )
 

@@ -58,6 +58,7 @@ class TrainPolicyConfig:
 
 
 def train_policy(cfg: TrainPolicyConfig) -> Path:
+    check_output_dir(cfg)
     register_third_party_plugins()
     accelerator = Accelerator(
         log_with=cfg.trackers or None, project_dir=str(cfg.output_dir), cpu=cfg.device == "cpu"
@@ -111,6 +112,24 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+def check_output_dir(cfg: TrainPolicyConfig) -> None:
+    """Training writes output_dir/checkpoints/last and output_dir/pretrained_model over whatever is
+    there: refuse a folder inside the dataset, and an earlier run's results unless resuming them."""
+    out, data = Path(cfg.output_dir).resolve(), Path(cfg.dataset_root).resolve()
+    if out == data or data in out.parents:
+        raise ValueError(
+            f"output_dir: {cfg.output_dir} must not be the dataset ({cfg.dataset_root}) or inside it"
+        )
+    if cfg.resume:
+        return  # the same command's own earlier output, continued
+    for name in ("pretrained_model", "checkpoints"):
+        if (Path(cfg.output_dir) / name).exists():
+            raise FileExistsError(
+                f"output_dir: {cfg.output_dir} already holds a training run ({name}); "
+                "give a new output_dir, or --resume=true to continue it"
+            )
 
 
 def _build(cfg: TrainPolicyConfig, device: torch.device):

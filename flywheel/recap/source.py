@@ -8,7 +8,6 @@ output is written.
 from __future__ import annotations
 
 import io
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 
-from flywheel.dataset import INTERVENTION
+from flywheel.dataset import INTERVENTION, read_json_retrying
 
 STATE = "observation.state"
 DATA_TYPE_IDS = {"demo": 0, "auto": 1, "intervention": 2}
@@ -83,13 +82,7 @@ def camera_keys(info: dict) -> list[str]:
 def load_source(root: Path, with_images: bool = False) -> Source:
     """`with_images` also decodes every camera frame (parquet-stored images only)."""
     root = Path(root)
-    info_path = root / "meta" / "info.json"
-    if not info_path.exists():
-        raise LabelInputError(f"meta/info.json: {root} holds no LeRobot dataset")
-    info = json.loads(info_path.read_text())
-    for key in (STATE, "action", INTERVENTION):
-        if key not in info["features"]:
-            raise LabelInputError(f"features.{key}: missing from {info_path} (episode: all)")
+    info = _read_info(root)
     episodes = _load_episodes(root)
     frames = _load_frames(root, episodes)
     if with_images:
@@ -97,11 +90,39 @@ def load_source(root: Path, with_images: bool = False) -> Source:
     return Source(root=root, info=info, episodes=episodes, frames=frames)
 
 
-def _load_episodes(root: Path) -> Episodes:
+def check_dataset(root: Path) -> dict:
+    """The checks `load_source` makes before it reads any frame (info.json's features, then every
+    episode's metadata), for a dataset that may still be recorded into: an episode metadata file
+    without its footer yet (the recorder is writing it now) is left out, as `snapshot` leaves it out.
+    Returns info.json."""
+    root = Path(root)
+    info = _read_info(root)
+    try:
+        _load_episodes(root, skip_unfinished=True)
+    except LabelInputError as e:  # its messages name the episode; say which dataset too
+        raise LabelInputError(f"{e} in the dataset at {root}") from e
+    return info
+
+
+def _read_info(root: Path) -> dict:
+    info_path = root / "meta" / "info.json"
+    if not info_path.exists():
+        raise LabelInputError(f"meta/info.json: {root} holds no LeRobot dataset")
+    info = read_json_retrying(info_path)  # the recorder rewrites it in place on every save
+    for key in (STATE, "action", INTERVENTION):
+        if key not in info["features"]:
+            raise LabelInputError(f"features.{key}: missing from {info_path} (episode: all)")
+    return info
+
+
+def _load_episodes(root: Path, skip_unfinished: bool = False) -> Episodes:
     files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
     if not files:
         raise LabelInputError(f"meta/episodes: no episode metadata under {root}")
-    table = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    tables = [table for table in (_read_episode_file(f, skip_unfinished) for f in files) if table is not None]
+    if not tables:
+        raise LabelInputError(f"meta/episodes: no complete episode metadata under {root}")
+    table = pd.concat(tables, ignore_index=True)
     table = table.sort_values("episode_index", kind="stable").reset_index(drop=True)
     _check_episode_columns(table)
     return Episodes(
@@ -115,6 +136,15 @@ def _load_episodes(root: Path) -> Episodes:
         if "operator" in table
         else [""] * len(table),
     )
+
+
+def _read_episode_file(path: Path, skip_unfinished: bool) -> pd.DataFrame | None:
+    try:
+        return pd.read_parquet(path)
+    except Exception:  # no footer yet: the recorder is writing this episode now
+        if skip_unfinished:
+            return None
+        raise
 
 
 def _check_episode_columns(table: pd.DataFrame) -> None:
