@@ -57,8 +57,15 @@ def test_registry_numbers_versions_never_overwrites_and_verifies(tmp_path):
 
     before = (registry.path(1) / WEIGHTS_FILE).read_bytes()
     (registry.path(3)).mkdir()  # a folder in the way of the next number, e.g. made by hand
+    (registry.path(3) / "notes.txt").write_text("mine")
+    assert registry.publish(tmp_path / "a").version == 4  # skipped, kept, never reused
+    assert (registry.path(3) / "notes.txt").read_text() == "mine" and registry.versions() == [1, 2, 4]
+    # A folder that appears between numbering and publishing (another process) is not replaced.
+    registry._numbered_folders = lambda: [2]
     with pytest.raises(FileExistsError, match="never overwritten"):
         registry.publish(tmp_path / "a")
+    assert (registry.path(3) / "notes.txt").read_text() == "mine"
+    del registry._numbered_folders
     assert (registry.path(1) / WEIGHTS_FILE).read_bytes() == before
 
     with open(registry.path(2) / WEIGHTS_FILE, "r+b") as f:  # bit rot

@@ -90,7 +90,8 @@ class ModelRegistry:
         if not weights.exists():
             raise FileNotFoundError(f"pretrained_dir: {pretrained_dir} has no {WEIGHTS_FILE}")
         self.root.mkdir(parents=True, exist_ok=True)
-        version = (self.latest() or 0) + 1
+        # After every vNNNN folder, complete or not: a stray one is skipped, never reused or removed.
+        version = max(self._numbered_folders(), default=0) + 1
         manifest = Manifest(
             version, sha256_file(weights), parent, kind, sorted(episodes or []), metrics or {}, time.time()
         )
@@ -99,11 +100,20 @@ class ModelRegistry:
         shutil.copytree(pretrained_dir, staging)
         (staging / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
         target = self.path(version)
-        if target.exists():
+        try:
+            # Claim the number first: mkdir fails if anyone made the folder meanwhile, and renaming
+            # onto our own empty folder then replaces only that.
+            target.mkdir()
+        except FileExistsError:
             shutil.rmtree(staging)
-            raise FileExistsError(f"version: {target} already exists; versions are never overwritten")
+            message = f"version: {target} already exists; versions are never overwritten"
+            raise FileExistsError(message) from None
         os.rename(staging, target)  # atomic on one filesystem: the version appears complete or not at all
         return manifest
+
+    def _numbered_folders(self) -> list[int]:
+        names = [p.name for p in self.root.iterdir()]
+        return [int(name[1:]) for name in names if name.startswith("v") and name[1:].isdigit()]
 
     def verify(self, version: int) -> bool:
         manifest = self.manifest(version)
