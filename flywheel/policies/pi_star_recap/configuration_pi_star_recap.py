@@ -14,6 +14,7 @@ from lerobot.optim.optimizers import AdamWConfig
 from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
 from lerobot.utils.constants import ACTION, OBS_STATE
 
+from flywheel.policies.pi_star_recap.config_checks import check_config
 from flywheel.policies.pi_star_recap.presets import PRESETS
 
 # Batch keys that carry RECAP labels, not observations: they must never be normalized or fed as inputs.
@@ -80,13 +81,14 @@ class PiStarRECAPConfig(PreTrainedConfig):
     advantage_dropout: float = 0.3  # P(indicator dropped) per training sample -> unconditioned prompt
     cfg_scale: float = 1.0  # beta; > 1 turns on classifier-free guidance at inference
 
-    # IQL variant (advantage_estimator="iql").
-    iql_expectile: float = 0.7
-    iql_temperature: float = 0.5
-    iql_discount: float = 0.99
-    iql_target_tau: float = 0.005  # Polyak rate of the target Q heads, applied in update()
-    iql_hidden_dim: int = 256
-    iql_max_weight: float = 100.0
+    # IQL variant (advantage_estimator="iql"). None -> 0.7, 0.5, 0.99, 0.005, 256, 100 under iql; under
+    # recap a given value is warned about and cleared (config_checks.py: the seed passes the defaults).
+    iql_expectile: float | None = None
+    iql_temperature: float | None = None
+    iql_discount: float | None = None
+    iql_target_tau: float | None = None  # Polyak rate of the target Q heads, applied in update()
+    iql_hidden_dim: int | None = None
+    iql_max_weight: float | None = None
 
     # Per-sample loss weights by data type (batch key data_type_id: 0 demo, 1 auto, 2 intervention).
     demo_weight: float = 1.0
@@ -99,8 +101,8 @@ class PiStarRECAPConfig(PreTrainedConfig):
     train_expert_only: bool = False
 
     # Optimizer: one AdamW, parameter groups with these learning rates.
-    q_lr: float = 3e-4
-    v_lr: float = 3e-4
+    q_lr: float | None = None  # None -> 3e-4 under iql (the critics); recap has no critics
+    v_lr: float | None = None
     policy_lr: float | None = None  # None -> preset (3e-5 for pi05, as in the seed)
     optimizer_betas: tuple[float, float] = (0.9, 0.95)
     optimizer_eps: float = 1e-8
@@ -125,6 +127,7 @@ class PiStarRECAPConfig(PreTrainedConfig):
                 "ACTION": mode,
             }
         self._validate()
+        check_config(self)  # IQL-only fields under recap (and the reverse) say they do nothing
 
     def _validate(self) -> None:
         if self.advantage_estimator not in ESTIMATORS:
