@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import math
 
 import numpy as np
@@ -161,6 +162,103 @@ def test_reset_without_seed_takes_the_next_one(arm):
     arm.reset_episode(5)
     arm.reset_episode()
     assert arm.episode_seed == 6
+
+
+def test_arm_lists_its_camera_like_a_real_arm():
+    # Stock lerobot-record sizes its image writer by len(robot.cameras); it failed without them.
+    assert SimArm(SimArmConfig()).cameras == {}
+    sim = SimArm(SimArmConfig(camera=True, camera_width=32, camera_height=24, id="test-camera"))
+    assert list(sim.cameras) == ["front"]
+    assert sim.observation_features["front"] == (24, 32, 3)
+    sim.connect()
+    try:
+        np.testing.assert_array_equal(sim.cameras["front"].read(), sim.get_observation()["front"])
+        assert sim.cameras["front"].read().shape == (24, 32, 3)
+    finally:
+        sim.disconnect()
+
+
+def _fresh(name: str, **config) -> SimArm:
+    """A connected push-v3 arm of its own (LOCAL_SIMS holds one sim per id)."""
+    sim = SimArm(SimArmConfig(task="push-v3", id=f"test-{name}", **config))
+    sim.connect()
+    return sim
+
+
+def _step(sim: SimArm, n: int) -> None:
+    for _ in range(n):
+        sim.send_action(dict.fromkeys(ACTION_NAMES, 0.1))
+
+
+def test_left_alone_the_arm_moves_on_after_scene_steps():
+    # Stock lerobot-teleoperate sets up no episodes: the sim ends a scene where MetaWorld would.
+    sim = _fresh("sim", seed=4, scene_steps=5)
+    twin = _fresh("twin", seed=4, episode=1, scene_steps=5)
+    try:
+        scene = sim.scene
+        _step(sim, 4)
+        assert (sim.episode_seed, sim.steps) == (4, 4)
+        _step(sim, 1)
+        assert (sim.episode_seed, sim.steps, sim.scene) == (5, 0, scene + 1)
+        np.testing.assert_array_equal(sim.state_vector(), twin.state_vector())  # episode 1's scene
+    finally:
+        sim.disconnect()
+        twin.disconnect()
+
+
+def test_left_alone_the_arm_runs_past_metaworlds_step_budget():
+    sim = _fresh("sim")
+    try:
+        _step(sim, 501)  # MetaWorld raised "You must reset the env manually" on step 501
+        assert (sim.episode_seed, sim.steps) == (1, 1)
+    finally:
+        sim.disconnect()
+
+
+def test_a_caller_that_resets_owns_the_scene_however_long_it_runs(arm):
+    # The rollout daemon (and lerobot-eval's env) reset each episode: the scene never changes under them.
+    arm.reset_episode(3)
+    _step(arm, 600)
+    assert (arm.episode_seed, arm.steps) == (3, 600)
+
+
+def test_recording_announcement_sets_up_the_episodes_scene(caplog):
+    from lerobot.utils.utils import log_say
+
+    caplog.set_level(logging.INFO)  # stock tools log at INFO; pytest's root logger is at WARNING
+    sim = _fresh("sim", seed=10, scene_steps=5)
+    twin = _fresh("twin", seed=10, episode=2)
+    try:
+        _step(sim, 3)
+        logging.getLogger().info("Recording episode 2")  # the same words, but not from log_say
+        assert (sim.episode_seed, sim.steps) == (10, 3)
+        log_say("Recording episode 2", play_sounds=False)  # what lerobot-record says before episode 2
+        assert (sim.episode_seed, sim.steps) == (12, 0)
+        np.testing.assert_array_equal(sim.state_vector(), twin.state_vector())
+        _step(sim, 20)  # the recorder's episode, not scene_steps, decides when the scene ends
+        assert (sim.episode_seed, sim.steps) == (12, 20)
+        scene = sim.scene
+        log_say("Recording episode 2", play_sounds=False)  # a re-recorded episode: the same scene, afresh
+        assert (sim.episode_seed, sim.steps, sim.scene) == (12, 0, scene + 1)
+        np.testing.assert_array_equal(sim.state_vector(), twin.state_vector())
+    finally:
+        sim.disconnect()
+        twin.disconnect()
+
+
+def test_replay_announcement_keeps_the_connect_scene(caplog):
+    from lerobot.utils.utils import log_say
+
+    caplog.set_level(logging.INFO)
+    sim = _fresh("sim", seed=10, episode=2, scene_steps=5)
+    try:
+        before = sim.state_vector()
+        log_say("Replaying episode", play_sounds=False)
+        np.testing.assert_array_equal(sim.state_vector(), before)
+        _step(sim, 20)  # a replayed episode is never cut into scenes
+        assert (sim.episode_seed, sim.steps) == (12, 20)
+    finally:
+        sim.disconnect()
 
 
 def test_not_connected_arm_refuses_io():
@@ -404,6 +502,8 @@ def test_pedal_without_a_view_is_up():
         (lambda: SimOperatorConfig(reaction_delay_frames=-1), "teleop.reaction_delay_frames"),
         (lambda: SimOperatorConfig(observation_source="webcam"), "teleop.observation_source"),
         (lambda: SimArmConfig(task="fold-laundry-v1"), "robot.task"),
+        (lambda: SimArmConfig(scene_steps=0), "robot.scene_steps"),
+        (lambda: SimArmConfig(episode=-1), "robot.episode"),
         (lambda: SimArmConfig(camera_width=8), "robot.camera_width"),
         (lambda: SimArmConfig(camera_height=1000), "robot.camera_height"),
     ],

@@ -23,11 +23,10 @@ from lerobot.envs.configs import EnvConfig
 from lerobot.utils.constants import ACTION, OBS_IMAGES, OBS_STATE
 
 from robots.sim.config_sim import SimArmConfig
-from robots.sim.sim_arm import SimArm
+from robots.sim.sim_arm import CAMERA, SimArm
 from robots.sim.tasks import ACTION_NAMES, STATE_NAMES, TASKS, get_task
 
 GYM_NAMESPACE = "flywheel_sim"
-CAMERA = "front"
 
 
 class FlywheelSimEnv(gym.Env):

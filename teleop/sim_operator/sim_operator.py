@@ -98,8 +98,10 @@ class SimOperator(Teleoperator):
         if not LOCAL_SIMS:
             raise RuntimeError("teleop.observation_source=local: no connected sim arm in this process")
         sim = next(iter(LOCAL_SIMS.values()))
+        # The scene counter, not the seed, marks a new episode: a re-recorded stock episode repeats
+        # its seed, and the operator must still forget what it saw of the last attempt.
         view = ObservationView(
-            sim.episode_seed, sim.steps, sim.task.instruction, STATE_NAMES, sim.state_vector(), sim.task.name
+            sim.scene, sim.steps, sim.task.instruction, STATE_NAMES, sim.state_vector(), sim.task.name
         )
         self.observe(view)
 
