@@ -26,6 +26,7 @@ from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import STATE_NAMES, SimArm, SimArmConfig
 from teleop.pedals import ConstantPedal, ConstantPedalConfig
 from teleop.sim_operator import SimOperator, SimOperatorConfig
+from trainer.evaluate import EVAL_SEED_OFFSET
 from trainer.registry import ModelRegistry
 
 FPS = 30
@@ -349,6 +350,51 @@ def labeling(work: Path, quick: bool) -> dict[str, Any]:
     }
 
 
+def evaluation(work: Path, quick: bool) -> dict[str, Any]:
+    """Held-out scene evaluation throughput, tiny pi_star_recap (chunk 10, untrained: every episode
+    runs the whole 150-step horizon), push-v3: the daemon path (trainer/evaluate.py, one scene after
+    another, recorded) against the batched one (trainer/evaluate_batched.py) at batch sizes 1, 10,
+    25 (the demo's) and 50, with the batched runs' time split between the policy and the sim.
+    Connecting the sim arms is timed apart: the batched evaluator keeps them for the next
+    evaluation in the process."""
+    from trainer.evaluate import scenes_in_sim
+    from trainer.evaluate_batched import release_sim_arms, scenes_batched, sim_arms
+
+    task, horizon = "push-v3", 150
+    policy = tiny_sim_checkpoint(work / "policy", chunk_size=10)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the daemon's and the demo's setting (policy.torch_threads)
+    release_sim_arms()
+    try:
+        start = time.perf_counter()
+        sim_arms(task, EVAL_SEED_OFFSET, 50)
+        out: dict[str, Any] = {"arm_connect_s": (time.perf_counter() - start) / 50}
+        episodes = 2 if quick else 6
+        start = time.perf_counter()
+        daemon = scenes_in_sim(policy, task, episodes, work / "daemon", horizon=horizon)
+        out |= _throughput("daemon", episodes, sum(o.steps for o in daemon), time.perf_counter() - start)
+        for batch, episodes in ((1, 2 if quick else 6), (10, 10 if quick else 20), (25, 25), (50, 50)):
+            start = time.perf_counter()
+            run = scenes_batched(policy, task, episodes, EVAL_SEED_OFFSET, horizon, batch)
+            out |= _throughput(f"batch{batch}", episodes, run.env_steps, time.perf_counter() - start)
+            out[f"batch{batch}_policy_share"] = run.policy_s / (run.policy_s + run.sim_s)
+            out[f"batch{batch}_policy_ms_per_call"] = run.policy_s / run.policy_calls * 1000
+            out[f"batch{batch}_sim_ms_per_step"] = run.sim_s / run.env_steps * 1000
+        out["batch50_over_daemon"] = out["batch50_episodes_per_s"] / out["daemon_episodes_per_s"]
+        return out
+    finally:
+        release_sim_arms()
+        torch.set_num_threads(threads)
+
+
+def _throughput(label: str, episodes: int, steps: int, seconds: float) -> dict[str, Any]:
+    return {
+        f"{label}_episodes": episodes,
+        f"{label}_episodes_per_s": episodes / seconds,
+        f"{label}_env_steps_per_s": steps / seconds,
+    }
+
+
 def soak(work: Path, quick: bool, minutes: float = 20.0) -> dict[str, Any]:
     from benchmarks.soak import soak as run_soak
 
@@ -363,6 +409,7 @@ CASES = {
     "recording": recording,
     "lerobot_record_loop": lerobot_record_loop,
     "labeling": labeling,
+    "evaluation": evaluation,
     "soak": soak,  # long: not in the default list (benchmarks/run.py)
 }
 

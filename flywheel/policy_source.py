@@ -93,18 +93,38 @@ class LeRobotChunkPolicy:
         self.features, self.action_names, self.version = dataset_features, action_names, version
 
     def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
+        return self.predict_chunks([observation], [task])[0]
+
+    def predict_chunks(self, observations: list[dict[str, Any]], tasks: list[str]) -> np.ndarray:
+        """One policy call for many observations (one row each, with its task): shape (rows, steps,
+        action_dim). Each row is built exactly as a single observation is (LeRobot's
+        prepare_observation_for_inference), so a batch of one is what the daemon always ran."""
+        import torch
+
+        if len(observations) != len(tasks) or not observations:
+            raise ValueError(
+                f"observations: {len(observations)} rows for {len(tasks)} tasks (need as many, >= 1)"
+            )
+        rows = [self._row(observation) for observation in observations]
+        device = torch.device(self.policy.config.device)
+        batch: dict[str, Any] = {key: torch.cat([row[key] for row in rows]).to(device) for key in rows[0]}
+        # A list even for one row: LeRobot's AddBatchDimensionProcessorStep turns a lone task string
+        # into exactly this.
+        batch["task"], batch["robot_type"] = list(tasks), ""
+        with torch.inference_mode():
+            chunk = self.policy.predict_action_chunk(self.preprocess(batch))
+            chunk = self.postprocess(chunk)
+        return chunk.float().cpu().numpy()
+
+    def _row(self, observation: dict[str, Any]) -> dict[str, Any]:
+        """One observation as LeRobot feeds a policy: tensors with a batch dimension of 1, on the CPU."""
         import torch
         from lerobot.datasets.utils import build_dataset_frame
         from lerobot.policies.utils import prepare_observation_for_inference
 
         frame = build_dataset_frame(self.features, observation, prefix="observation")
-        batch = prepare_observation_for_inference(
-            frame, torch.device(self.policy.config.device), task, robot_type=None
-        )
-        with torch.inference_mode():
-            chunk = self.policy.predict_action_chunk(self.preprocess(batch))
-            chunk = self.postprocess(chunk)
-        return chunk.squeeze(0).float().cpu().numpy()
+        row = prepare_observation_for_inference(frame, torch.device("cpu"), None, robot_type=None)
+        return {key: value for key, value in row.items() if key not in ("task", "robot_type")}
 
     def reset(self) -> None:
         self.policy.reset()

@@ -2,17 +2,21 @@
 
 It runs the real rollout daemon in lockstep with nobody at the pedal, on held-out scene seeds, and
 records the evaluation episodes into a dataset of their own (never into the training data).
+trainer/evaluate_batched.py runs the same scenes by the same rules many at a time, one policy call
+per chunk for all of them, and records nothing: the demo's evaluation.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
+from flywheel.policy_source import ChunkPolicy
 from flywheel.rollout.daemon import RolloutDaemon
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import SimArmConfig
@@ -39,6 +43,15 @@ class EvalResult:
         )
 
 
+@dataclass(frozen=True)
+class SceneOutcome:
+    """How one held-out scene went."""
+
+    seed: int  # the scene's seed (scene i of an evaluation: its first seed + i)
+    success: bool
+    steps: int  # steps run: up to and including the one that succeeded, else the horizon
+
+
 def evaluate_in_sim(
     policy_path: Path,
     task: str,
@@ -48,9 +61,26 @@ def evaluate_in_sim(
     horizon: int = 200,
     version: int = 1,
 ) -> EvalResult:
+    outcomes = scenes_in_sim(policy_path, task, episodes, out_dir, seed, horizon, version)
+    return summarize_scenes(outcomes, horizon)
+
+
+def scenes_in_sim(
+    policy_path: Path | None,
+    task: str,
+    episodes: int,
+    out_dir: Path,
+    seed: int = EVAL_SEED_OFFSET,
+    horizon: int = 200,
+    version: int = 1,
+    policy: ChunkPolicy | None = None,
+) -> list[SceneOutcome]:
+    """Each scene's outcome, through the rollout daemon; `policy` replaces the one at policy_path
+    (tests)."""
+    check_counts(episodes=episodes, horizon=horizon)
     cfg = RolloutConfig(
         robot=SimArmConfig(task=task, seed=seed),
-        policy=PolicySourceConfig(path=Path(policy_path), version=version),
+        policy=PolicySourceConfig(path=None if policy_path is None else Path(policy_path), version=version),
         dataset=DatasetConfig(root=Path(out_dir), repo_id="local/eval"),
         # In-process transport: an evaluation opens no TCP port and can run beside a live daemon.
         wire=WireConfig.in_process("eval"),
@@ -60,8 +90,19 @@ def evaluate_in_sim(
         report_cadence=False,
     )
     nobody = LocalTeleop(SimOperator(SimOperatorConfig()), ConstantPedal(ConstantPedalConfig(pressed=False)))
-    results = RolloutDaemon(cfg, link=nobody).run()
-    return summarize([(r.success, r.frames) for r in results], horizon)
+    results = RolloutDaemon(cfg, policy=policy, link=nobody).run()
+    return [SceneOutcome(seed + r.index, r.success, r.frames) for r in results]
+
+
+def check_counts(**counts: int) -> None:
+    """Episodes, horizon, batch size: each at least 1 (0 episodes would run the daemon forever)."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name}: {value!r} must be a whole number, at least 1")
+
+
+def summarize_scenes(outcomes: list[SceneOutcome], horizon: int) -> EvalResult:
+    return summarize([(o.success, o.steps) for o in outcomes], horizon)
 
 
 def summarize(outcomes: list[tuple[bool, int]], horizon: int) -> EvalResult:

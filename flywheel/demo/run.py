@@ -44,7 +44,8 @@ from flywheel.demo.report import (
 )
 from flywheel.recap.labeling import LabelConfig, Labels, run_labeling
 from flywheel.recap.source import Source, load_source
-from trainer.evaluate import EVAL_SEED_OFFSET, evaluate_in_sim
+from trainer.evaluate import EVAL_SEED_OFFSET, summarize_scenes
+from trainer.evaluate_batched import DEFAULT_BATCH_SIZE, scenes_batched
 from trainer.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
@@ -299,11 +300,16 @@ def label(cfg: DemoConfig, root: Path, out: Path, seed: int, estimator: str) -> 
 def evaluate(
     cfg: DemoConfig, run: Run, folder: Path, policy: Path, method: str, seed: int | None, iteration: int
 ) -> None:
+    """Every task's held-out scenes, many at a time (trainer/evaluate_batched.py: the daemon's scenes
+    and rules); each scene's outcome goes to folder/<task>.json."""
+    folder.mkdir(parents=True, exist_ok=True)
     for task in tqdm(cfg.tasks, desc=f"evaluate {method} (seed {seed}, iteration {iteration})", unit="task"):
         began = time.perf_counter()
-        result = evaluate_in_sim(
-            policy, task, cfg.eval_episodes, folder / task, EVAL_SEED_OFFSET, cfg.horizon
+        scenes = scenes_batched(
+            policy, task, cfg.eval_episodes, EVAL_SEED_OFFSET, cfg.horizon, DEFAULT_BATCH_SIZE
         )
+        result = summarize_scenes(scenes.outcomes, cfg.horizon)
+        (folder / f"{task}.json").write_text(json.dumps([asdict(o) for o in scenes.outcomes]))
         run.time("evaluate", time.perf_counter() - began)
         run.evaluations.append(
             {"seed": seed, "iteration": iteration, "method": method, "task": task, **_finite(asdict(result))}
