@@ -58,6 +58,8 @@ class DemoConfig:
     cfg_scale: float = 1.5
     # torch threads per process (1: small models gain nothing from more on a shared 2-core box).
     torch_threads: int = 1
+    # Processes running seeds side by side (each with torch_threads threads); 1: one after another.
+    workers: int = 2
 
     # Labeling (flywheel.recap.labeling): value steps per fold, folds, threshold, IQL steps.
     value_steps: int = 400
@@ -107,7 +109,8 @@ class DemoConfig:
             raise ValueError(f"baselines_at: {self.baselines_at!r} is not 'all' or 'last'")
         if not self.tasks:
             raise ValueError("tasks: at least one task")
-        for name in ("seeds", "good_demos", "eval_episodes", "sft_steps", "method_steps", "horizon"):
+        counts = ("seeds", "good_demos", "eval_episodes", "sft_steps", "method_steps", "horizon", "workers")
+        for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
         if self.iterations < 0:

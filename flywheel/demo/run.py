@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
+import multiprocessing
 import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -73,6 +75,20 @@ class Run:
 
     def time(self, stage: str, seconds: float) -> None:
         self.timings_s[stage] = round(self.timings_s.get(stage, 0.0) + seconds, 2)
+
+    def absorb(self, part: Run) -> None:
+        """Add one seed's results, run in another process (stage times add up over processes)."""
+        for name in ("evaluations", "rollouts", "labels", "hotswaps", "data"):
+            rows = getattr(self, name)
+            rows.extend(getattr(part, name))
+            rows.sort(key=_seed_order)  # completion order varies; results.json does not
+        for stage_name, seconds in part.timings_s.items():
+            self.time(stage_name, seconds)
+
+
+def _seed_order(row: dict) -> tuple[int, int]:
+    """Shared rows (seed None: the initial data, the iteration-0 SFT) first, then by seed; stable."""
+    return (0, 0) if row.get("seed") is None else (1, int(row["seed"]))
 
 
 def demo_main(cfg: DemoConfig) -> int:
@@ -129,8 +145,8 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
     with stage(run, "train sft (iteration 0)"):
         sft0 = train_sft0(cfg, initial, out / "sft0")
     evaluate(cfg, run, out / "eval" / "sft0", sft0, "sft", None, 0)
-    for seed in tqdm(range(cfg.seeds), desc="demo seeds", unit="seed"):
-        run_seed(cfg, run, out / f"seed{seed}", seed, initial, sft0)
+    for part in tqdm(seed_runs(cfg, out, initial, sft0), total=cfg.seeds, desc="demo seeds", unit="seed"):
+        run.absorb(part)
         save_results(run, out, time.perf_counter() - start)  # partial results survive a crash
     results = save_results(run, out, time.perf_counter() - start)
     with stage(run, "report"):
@@ -177,6 +193,34 @@ def train_sft0(cfg: DemoConfig, initial: Path, out: Path) -> Path:
 
 
 # --- one seed of the flywheel --------------------------------------------------------------------
+def seed_runs(cfg: DemoConfig, out: Path, initial: Path, sft0: Path) -> Iterator[Run]:
+    """Each seed's results as it finishes. Seeds are independent (own data, models, scenes), so
+    `workers` processes run them side by side, each with `torch_threads` threads: the tiny model
+    gains little from a second thread, a second seed uses the second core fully."""
+    jobs = [(cfg, out / f"seed{seed}", seed, initial, sft0) for seed in range(cfg.seeds)]
+    workers = min(cfg.workers, cfg.seeds)
+    if workers <= 1:
+        yield from (run_seed_alone(*job) for job in jobs)
+        return
+    # spawn, not fork: torch and MuJoCo's EGL context must not be inherited half-initialised.
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(cfg.torch_threads,)) as pool:  # fmt: skip
+        futures = [pool.submit(run_seed_alone, *job) for job in jobs]
+        for future in as_completed(futures):
+            yield future.result()
+
+
+def run_seed_alone(cfg: DemoConfig, folder: Path, seed: int, initial: Path, sft0: Path) -> Run:
+    """One seed's flywheel into a Run of its own (picklable: it comes back from a worker)."""
+    # The policy's sampling noise comes from torch's global generator: seeded here, a seed gives the
+    # same results whether it runs in a worker or after other seeds in this process.
+    torch.manual_seed(seed)
+    part = Run(config={})
+    run_seed(cfg, part, folder, seed, initial, sft0)
+    return part
+
+
 def run_seed(cfg: DemoConfig, run: Run, folder: Path, seed: int, initial: Path, sft0: Path) -> None:
     registry = ModelRegistry(folder / "models")
     deployed = registry.publish(sft0, kind="sft").version

@@ -56,6 +56,22 @@ def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
     )
 
 
+@pytest.mark.timeout(600)
+def test_seeds_in_worker_processes_give_the_results_of_one_process(tmp_path):
+    """`workers` only changes where a seed runs, never what it measures."""
+
+    def measured(workers: int) -> dict:
+        cfg = replace(_tiny(tmp_path / f"demo{workers}"), workers=workers, methods=["recap"])
+        results = run_demo(cfg, prepare_out_dir(cfg))
+        return {key: _without_times(results[key]) for key in ("evaluations", "rollouts", "labels", "data")}
+
+    assert measured(1) == measured(2)
+
+
+def _without_times(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if "time" not in k} for row in rows]
+
+
 @pytest.mark.timeout(900)
 def test_quick_demo_writes_a_consistent_report(tmp_path):
     """What `flywheel demo --quick` runs (about 5 minutes on 2 cores)."""
