@@ -10,6 +10,9 @@ advantage indicator in the prompt) differ:
     recap         the RECAP-labeled dataset (value function, advantages, indicator in the prompt),
                   the trainer's data-type weights; evaluated conditioned on "Advantage: positive"
     recap_cfg     the same recap model, evaluated with classifier-free guidance (cfg_scale)
+    recap_gt      RECAP with the sim's ground-truth indicator instead of the value function's: the
+                  good operator's frames and the operator's takeover frames positive, all else
+                  negative. With good_only it bounds what labels and policy could reach.
     good_only     the good operator's demonstrations only (the ceiling)
 """
 
@@ -29,13 +32,17 @@ from lerobot.utils.import_utils import register_third_party_plugins
 from flywheel.demo.collect import REPO_ID
 from flywheel.policies.pi_star_recap import PiStarRECAPConfig
 from flywheel.recap.iql import awr_weights
+from flywheel.recap.labeling import Labels
 from flywheel.recap.quality import skill_of
 from flywheel.recap.sampler import DataTypeWeights, frame_weights
 from flywheel.recap.source import DATA_TYPE_IDS, Source
+from flywheel.recap.writer import check_output_root, label_columns, write_labeled
 from trainer.train_policy import TrainPolicyConfig, train_policy
 
 # Methods that are trained (recap_cfg reuses the recap model).
-TRAINED = ("sft_all", "filtered_sft", "awr", "recap", "good_only")
+TRAINED = ("sft_all", "filtered_sft", "awr", "recap", "recap_gt", "good_only")
+# Methods trained on a RECAP-labeled copy, conditioned on "positive" when evaluated.
+CONDITIONED = ("recap", "recap_gt")
 
 
 @dataclass
@@ -129,6 +136,26 @@ def good_only_weights(source: Source) -> np.ndarray:
     return (frame_quality(source) == "good").astype(np.float64)
 
 
+def ground_truth_positive(source: Source) -> np.ndarray:
+    """Per frame, what a perfect labeler would call better than typical: the good operator's demo
+    frames and the operator's frames in policy episodes (takeovers); everything else negative."""
+    quality = frame_quality(source)
+    takeover = (quality == "") & source.frames.intervention
+    return (quality == "good") | takeover
+
+
+def write_ground_truth_labels(source: Source, labeled: Labels, out: Path) -> Path:
+    """A copy of `source` labeled like `flywheel label` writes it, with the ground-truth indicator.
+    Value and advantage columns are the value function's (for the record); only the indicator,
+    which is all the policy sees, is the truth."""
+    positive = ground_truth_positive(source)
+    columns = label_columns(labeled.values, labeled.advantages, positive)
+    report = {"ground_truth": "sim operator skill and takeovers", "positive": float(positive.mean())}
+    check_output_root(source.root, out, overwrite=False)
+    write_labeled(source, out, columns, report, extra_dirs={})
+    return out
+
+
 def awr_sampling_weights(iql_advantages: np.ndarray, temperature: float, max_weight: float) -> np.ndarray:
     return awr_weights(iql_advantages, temperature, max_weight).astype(np.float64)
 
@@ -147,7 +174,7 @@ def method_data(
     recap_data_type_weights: bool,
 ) -> MethodData:
     """The dataset and weights of one trained method, on the same frames for every method."""
-    if method == "recap":
+    if method in CONDITIONED:
         return MethodData(labeled_root, recap_weights(source, recap_data_type_weights))
     if method == "awr":
         if iql_advantages is None:

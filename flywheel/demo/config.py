@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 # The methods compared side by side (docs/demo.md, "Methods").
-METHODS: tuple[str, ...] = ("sft_all", "filtered_sft", "awr", "recap", "recap_cfg", "good_only")
+METHODS: tuple[str, ...] = ("sft_all", "filtered_sft", "awr", "recap", "recap_cfg", "recap_gt", "good_only")
 
 
 @dataclass
@@ -31,7 +31,7 @@ class DemoConfig:
     # RECAP iterations after the initial SFT (each: rollouts with takeovers, label, train, deploy).
     # 1 keeps the default run near 20 minutes on 2 cores; each more adds about 2 minutes per seed.
     iterations: int = 1
-    # Methods to run (subset of sft_all, filtered_sft, awr, recap, recap_cfg, good_only).
+    # Methods to run (subset of sft_all, filtered_sft, awr, recap, recap_cfg, recap_gt, good_only).
     methods: list[str] = field(default_factory=lambda: list(METHODS))
     # Train the baselines at every iteration ("all") or only on the last iteration's data ("last").
     baselines_at: str = "last"

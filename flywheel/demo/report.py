@@ -21,6 +21,7 @@ COLORS = {
     "awr": "tab:purple",
     "recap": "tab:blue",
     "recap_cfg": "tab:cyan",
+    "recap_gt": "tab:olive",
     "good_only": "tab:green",
 }
 METHOD_TEXT = {
@@ -30,6 +31,7 @@ METHOD_TEXT = {
     "awr": "(c) IQL/AWR weighting",
     "recap": "(d) RECAP advantage conditioning",
     "recap_cfg": "(d) RECAP + CFG",
+    "recap_gt": "(f) RECAP with the sim's ground-truth labels (the labels' ceiling)",
     "good_only": "(e) good operator's demos only (ceiling)",
 }
 

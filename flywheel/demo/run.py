@@ -310,8 +310,11 @@ def iterate(
             iql = label(cfg, root, folder / "labeled_iql", seed, "iql")
         run.labels.append({"seed": seed, "iteration": k, "estimator": "iql", **label_summary(iql)})
         iql_adv = iql.advantages
+    if "recap_gt" in trained:
+        bl.write_ground_truth_labels(source, labels, folder / "labeled_gt")
     for method in tqdm(trained, desc=f"seed {seed} iteration {k} train", unit="method"):
-        data = bl.method_data(method, source, labeled, iql_adv, cfg.recap_data_type_weights)
+        conditioned_on = folder / ("labeled_gt" if method == "recap_gt" else "labeled")
+        data = bl.method_data(method, source, conditioned_on, iql_adv, cfg.recap_data_type_weights)
         with stage(run, f"train {method}"):
             policy = bl.train(
                 data.dataset_root, sft0, data.weights, folder / method, cfg.method_steps, cfg.batch_size, seed
