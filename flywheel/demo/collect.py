@@ -35,6 +35,7 @@ class Collected:
     frames: int
     successes: int
     intervention_frames: int
+    takeovers: int = 0  # times the operator took over (pedal pressed) in these episodes
     deploy_reply: dict | None = None  # the daemon's answer to the DEPLOY request, when one was sent
 
     @property
@@ -49,6 +50,7 @@ def _summarize(results: list[EpisodeResult], reply: dict | None = None) -> Colle
         frames=sum(r.frames for r in kept),
         successes=sum(r.success for r in kept),
         intervention_frames=sum(r.intervention_frames for r in kept),
+        takeovers=sum(r.takeovers for r in kept),
         deploy_reply=reply,
     )
 

@@ -111,6 +111,54 @@ def summarize(evaluations: list[dict], rollouts: list[dict]) -> list[dict]:
     return rows
 
 
+def flywheel_curve(results: dict) -> list[dict]:
+    """The deployed policy at each iteration (the SFT at 0, RECAP after), all tasks: its held-out
+    success and steps to success, and in its rollouts with the operator at the pedal, the share of
+    frames the operator drove and the takeovers per episode (mean and 95% interval over seeds)."""
+    per_seed: dict[int, dict] = defaultdict(lambda: defaultdict(lambda: np.zeros(4)))
+    for row in results["rollouts"]:
+        counts = (row["intervention_frames"], row["frames"], row.get("takeovers", 0), row["episodes"])
+        per_seed[row["iteration"]][row["seed"]] += counts
+    evaluated = {(r["iteration"], r["method"]): r for r in rows_of(results, ALL_TASKS)}
+    curve = []
+    for iteration in sorted(per_seed):
+        seeds = per_seed[iteration].values()
+        rate = interval([c[0] / c[1] for c in seeds if c[1]])
+        takeovers = interval([c[2] / c[3] for c in seeds if c[3]])
+        policy = "sft" if iteration == 0 else "recap"
+        row = evaluated.get((iteration, policy))
+        curve.append(
+            {
+                "iteration": iteration,
+                "policy": policy,
+                "success_mean": row["success_mean"] if row else None,
+                "success_ci95": row["success_ci95"] if row else [None, None],
+                "steps_to_success_mean": row["steps_to_success_mean"] if row else None,
+                "intervention_rate_mean": rate[0],
+                "intervention_rate_ci95": [rate[1], rate[2]],
+                "takeovers_per_episode_mean": takeovers[0],
+                "takeovers_per_episode_ci95": [takeovers[1], takeovers[2]],
+            }
+        )
+    return curve
+
+
+def curve_table(curve: list[dict]) -> list[str]:
+    lines = [
+        "| iteration | deployed policy | success (held-out) | 95% interval | steps to success "
+        "| intervention rate | 95% interval | takeovers per episode | 95% interval |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in curve:
+        lines.append(
+            f"| {r['iteration']} | {r['policy']} | {_fmt(r['success_mean'])} | {_ci(r['success_ci95'])} "
+            f"| {_fmt(r['steps_to_success_mean'], 1)} | {_fmt(r['intervention_rate_mean'])} "
+            f"| {_ci(r['intervention_rate_ci95'])} | {_fmt(r['takeovers_per_episode_mean'])} "
+            f"| {_ci(r['takeovers_per_episode_ci95'])} |"
+        )
+    return lines
+
+
 # --- report --------------------------------------------------------------------------------------
 def write_report(results: dict, out: Path, figures_too: bool = True) -> tuple[list[str], str | None]:
     """report.md (and, unless figures_too is False, the figures and demo.rrd): their names."""
@@ -211,6 +259,14 @@ def markdown(results: dict, figures: list[str], rerun: str | None) -> str:
         "interval is Student's t over seeds. Steps count failures as the horizon (lower is better). "
         "The intervention rate is the share of frames the simulated operator drove in the rollouts "
         "of the deployed policy (RECAP without CFG; the baselines are not deployed).",
+        "",
+        "## The flywheel: the deployed policy, iteration by iteration",
+        "",
+        "Held-out success of the policy deployed at each iteration (iteration 0: the shared SFT, "
+        "evaluated once; after: that seed's RECAP policy), and in its rollouts with the simulated "
+        "operator at the pedal, the share of frames the operator drove and how often it took over.",
+        "",
+        *curve_table(flywheel_curve(results)),
         "",
         f"## Last iteration ({last}), all tasks",
         "",

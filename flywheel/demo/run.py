@@ -279,6 +279,7 @@ def rollouts(
                 "frames": got.frames,
                 "intervention_frames": got.intervention_frames,
                 "intervention_rate": got.intervention_rate,
+                "takeovers": got.takeovers,
             }
         )
 

@@ -15,7 +15,7 @@ import pytest
 
 from flywheel.demo import DemoConfig, demo_main
 from flywheel.demo.baselines import ground_truth_positive
-from flywheel.demo.report import check_results, interval, summarize
+from flywheel.demo.report import check_results, flywheel_curve, interval, summarize
 from flywheel.demo.run import prepare_out_dir, run_demo
 from flywheel.recap.source import load_source
 
@@ -164,3 +164,28 @@ def test_summary_averages_tasks_within_a_seed_then_seeds():
     assert summary["all"]["mean_steps_mean"] == pytest.approx(75.0)
     assert summary["a"]["success_mean"] == pytest.approx(0.75)
     assert summary["all"]["intervention_rate_mean"] == pytest.approx(0.1)
+
+
+def test_flywheel_curve_follows_the_deployed_policy_over_iterations():
+    def rollout(seed, iteration, interventions, takeovers):
+        method = "sft" if iteration == 0 else "recap"
+        return {"seed": seed, "iteration": iteration, "task": "push-v3", "method": method, "episodes": 4,
+                "frames": 400, "intervention_frames": interventions, "takeovers": takeovers}  # fmt: skip
+
+    def evaluation(seed, iteration, method, success):
+        steps = 50.0 if success else None
+        return {"seed": seed, "iteration": iteration, "method": method, "task": "push-v3",
+                "success_rate": success, "mean_steps": 100.0 if success else 150.0,
+                "mean_steps_to_success": steps, "horizon": 150, "episodes": 4}  # fmt: skip
+
+    rollouts = [rollout(s, i, 200 - 80 * i + 10 * s, 8 - 3 * i) for s in (0, 1) for i in (0, 1, 2)]
+    evaluations = [evaluation(None, 0, "sft", 0.25)]
+    evaluations += [evaluation(s, i, "recap", 0.25 + 0.25 * i) for s in (0, 1) for i in (1, 2)]
+    results = {"rollouts": rollouts, "summary": summarize(evaluations, rollouts)}
+    curve = flywheel_curve(results)
+    assert [(r["iteration"], r["policy"]) for r in curve] == [(0, "sft"), (1, "recap"), (2, "recap")]
+    assert [r["success_mean"] for r in curve] == pytest.approx([0.25, 0.5, 0.75])
+    assert [r["intervention_rate_mean"] for r in curve] == pytest.approx([205 / 400, 125 / 400, 45 / 400])
+    assert [r["takeovers_per_episode_mean"] for r in curve] == pytest.approx([2.0, 1.25, 0.5])
+    low, high = curve[0]["intervention_rate_ci95"]
+    assert low < 205 / 400 < high  # two seeds differ by 10 frames: a real interval
