@@ -387,6 +387,49 @@ def evaluation(work: Path, quick: bool) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
+# MT50 tasks for the sim_step case: push and pick-place test finger-object contact every step (the
+# scan fast_metaworld.py replaces) and read the puck's rotation with scipy; door-open and reach only
+# read a rotation; drawer-open neither (only the observation builder is replaced).
+SIM_STEP_TASKS = ("push-v3", "pick-place-v3", "door-open-v3", "reach-v3", "drawer-open-v3")
+
+
+def sim_step(work: Path, quick: bool) -> dict[str, Any]:
+    """The sim arm's step (`SimArm.send_action`: MetaWorld's step and the arm's own work) under
+    each task's scripted expert, with robots/sim/fast_metaworld.py and without it (MetaWorld's own
+    code), in the same scenes, alternating one episode each way so that a slow stretch of the
+    machine falls on both. The expert's action is computed outside the timed call."""
+    from robots.sim import ACTION_NAMES, fast_metaworld
+
+    episodes, steps = (2, 100) if quick else (6, 150)
+    out: dict[str, Any] = {}
+    for task in SIM_STEP_TASKS:
+        arms: dict[bool, SimArm] = {}
+        for fast in (True, False):
+            arms[fast] = SimArm(SimArmConfig(task=task))
+            arms[fast].connect()
+            if not fast:
+                fast_metaworld.unpatch(arms[fast]._env.unwrapped)
+        spent = {True: 0.0, False: 0.0}
+        for episode in range(episodes):
+            for fast in (True, False) if episode % 2 == 0 else (False, True):
+                arm = arms[fast]
+                arm.reset_episode(episode)
+                expert = arm.task.expert()
+                for _ in range(steps):
+                    action = expert.get_action(arm.state_vector()).tolist()
+                    action = dict(zip(ACTION_NAMES, action, strict=True))
+                    start = time.perf_counter()
+                    arm.send_action(action)
+                    spent[fast] += time.perf_counter() - start
+        for arm in arms.values():
+            arm.disconnect()
+        name = task.removesuffix("-v3").replace("-", "_")
+        out[f"{name}_ms_per_step"] = spent[True] / (episodes * steps) * 1000
+        out[f"{name}_unpatched_ms_per_step"] = spent[False] / (episodes * steps) * 1000
+        out[f"{name}_speedup"] = spent[False] / spent[True]
+    return out
+
+
 def _throughput(label: str, episodes: int, steps: int, seconds: float) -> dict[str, Any]:
     return {
         f"{label}_episodes": episodes,
@@ -410,6 +453,7 @@ CASES = {
     "lerobot_record_loop": lerobot_record_loop,
     "labeling": labeling,
     "evaluation": evaluation,
+    "sim_step": sim_step,
     "soak": soak,  # long: not in the default list (benchmarks/run.py)
 }
 
