@@ -25,6 +25,7 @@ LABEL_KEYS: tuple[str, ...] = (
     "observation.data_type_id",
 )
 ESTIMATORS: tuple[str, ...] = ("recap", "iql")
+INDICATOR_CONDITIONING: tuple[str, ...] = ("prompt", "modulation", "time", "tokens")
 
 
 @PreTrainedConfig.register_subclass("pi_star_recap")
@@ -80,6 +81,11 @@ class PiStarRECAPConfig(PreTrainedConfig):
     advantage_estimator: str = "recap"  # "recap" (labels from the value stage) | "iql" (heads in here)
     advantage_dropout: float = 0.3  # P(indicator dropped) per training sample -> unconditioned prompt
     cfg_scale: float = 1.0  # beta; > 1 turns on classifier-free guidance at inference
+    # How the indicator reaches the action expert (None -> preset): "prompt", only as prompt text (pi0.5,
+    # the paper); "modulation", also a learned embedding (dropped / negative / positive) added to every
+    # adaptive norm's scale, shift and gate of the expert, zero-initialised (a model starts as with
+    # "prompt"); "time", that embedding added to the time conditioning; "tokens", to the action tokens.
+    indicator_conditioning: str | None = None
 
     # IQL variant (advantage_estimator="iql"). None -> 0.7, 0.5, 0.99, 0.005, 256, 100 under iql; under
     # recap a given value is warned about and cleared (config_checks.py: the seed passes the defaults).
@@ -138,6 +144,8 @@ class PiStarRECAPConfig(PreTrainedConfig):
             raise ValueError(f"dtype must be bfloat16 or float32, got {self.dtype}")
         if not 0.0 <= self.advantage_dropout <= 1.0:
             raise ValueError("advantage_dropout must lie in [0, 1]")
+        if self.indicator_conditioning not in INDICATOR_CONDITIONING:
+            raise ValueError(f"indicator_conditioning must be one of {INDICATOR_CONDITIONING}")
         if self.cfg_scale < 1.0:
             raise ValueError("cfg_scale below 1 would guide away from the positive policy")
         if self.num_heads % self.num_kv_heads:

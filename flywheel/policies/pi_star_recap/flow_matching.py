@@ -7,13 +7,15 @@ from torch import Tensor
 
 
 def sinusoidal_embedding(t: Tensor, dim: int, min_period: float, max_period: float) -> Tensor:
-    """openpi's timestep embedding: sin/cos at periods spaced geometrically in [min, max]."""
+    """openpi's timestep embedding: sin/cos at periods spaced geometrically in [min, max].
+
+    t of any shape -> [*t.shape, dim]."""
     if dim % 2:
         raise ValueError("embedding dimension must be even")
     fraction = torch.linspace(0.0, 1.0, dim // 2, dtype=torch.float64, device=t.device)
     period = min_period * (max_period / min_period) ** fraction
-    angle = (2 * math.pi / period)[None, :] * t.double()[:, None]
-    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=1).float()
+    angle = (2 * math.pi / period) * t.double()[..., None]
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1).float()
 
 
 def sample_time(batch: int, alpha: float, beta: float, scale: float, offset: float, device) -> Tensor:

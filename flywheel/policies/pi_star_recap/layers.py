@@ -121,9 +121,13 @@ class ExpertLayer(nn.Module):
     ) -> Tensor:
         """h may have B rows against a prefix of branches x B rows (CFG): the action tokens are the
         same in every branch until they attend to the prefix, so here they fan out. The two norms'
-        modulations (AdaptiveRMSNorm.modulation) have B rows, or one for all (sampling)."""
-        x, gate = self.input_layernorm(h, modulations[0])
+        modulations (AdaptiveRMSNorm.modulation) have B rows, or one for all (sampling), or one per
+        prefix row when they carry the advantage indicator (indicator_conditioning, under CFG): then
+        the action tokens fan out before the first norm instead."""
         rows = prefix_kv[0].shape[0]
+        if modulations[0].shape[0] == rows != h.shape[0]:
+            h = _rows(h, rows) if h.shape[0] == 1 else fan_out(h, rows // h.shape[0])
+        x, gate = self.input_layernorm(h, modulations[0])
         branches = rows // h.shape[0]
         q, k, v = project_qkv(self.self_attn, x, cos, sin, branches)
         h, gate = fan_out(h, branches), fan_out(gate, branches)

@@ -25,6 +25,7 @@ from flywheel.policies.pi_star_recap.network import PiStarRECAPNetwork, PrefixIn
 from flywheel.policies.pi_star_recap.prompt import (
     POSITIVE,
     discretize_state,
+    indicator_ids,
     indicators_from_labels,
     tokenize_contexts,
     tokenize_suffixes,
@@ -176,7 +177,13 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
             [tokens for tokens, _ in suffixes],
             [mask for _, mask in suffixes],
             state,
+            # Only for a learned indicator embedding (indicator_conditioning): pi05 reads the prompt.
+            [indicator_ids(b, device) for b in per_branch] if self._embeds_indicator else [],
         )
+
+    @property
+    def _embeds_indicator(self) -> bool:
+        return hasattr(self.model, "indicator_embedding")
 
     def _training_indicators(self, batch: dict, bsize: int) -> list[str | None]:
         if self.config.advantage_estimator == "iql":

@@ -2,10 +2,13 @@
 
 Parameter names follow LeRobot's PI05Pytorch (paligemma_with_expert, action_in_proj, action_out_proj,
 time_mlp_in, time_mlp_out) so pi05_base loads by a prefix change. Modules pi05_base lacks are optional:
-`state_token_proj` (continuous_state_token) and `iql` (advantage_estimator="iql").
+`state_token_proj` (continuous_state_token), `iql` (advantage_estimator="iql") and `indicator_embedding`
+(indicator_conditioning other than "prompt"; zero-initialised, and read as zeros from a checkpoint that
+lacks it, which is the same model).
 """
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -16,7 +19,8 @@ from flywheel.policies.pi_star_recap.configuration_pi_star_recap import PiStarRE
 from flywheel.policies.pi_star_recap.cuda_graphs import CudaGraphCache
 from flywheel.policies.pi_star_recap.flow_matching import noisy_actions, sample_time, sinusoidal_embedding
 from flywheel.policies.pi_star_recap.iql import IQLHeads
-from flywheel.policies.pi_star_recap.layers import KV
+from flywheel.policies.pi_star_recap.layers import KV, fan_out
+from flywheel.policies.pi_star_recap.prompt import INDICATOR_IDS
 
 
 @dataclass
@@ -33,6 +37,9 @@ class PrefixInputs:
     suffix_tokens: list[Tensor]  # per branch [B, Ls_branch] prompt ids
     suffix_masks: list[Tensor]  # per branch [B, Ls_branch] bool
     state: Tensor  # [B, state_dim] normalized, for the continuous state token
+    # Per branch [B] long: the indicator of each row (prompt.INDICATOR_IDS: 0 dropped, 1 negative,
+    # 2 positive), for the learned indicator embedding (indicator_conditioning). Empty: none.
+    indicators: list[Tensor] = field(default_factory=list)
 
     @property
     def branches(self) -> int:
@@ -47,6 +54,7 @@ class PrefixInputs:
             *self.suffix_tokens,
             *self.suffix_masks,
             self.state,
+            *self.indicators,
         ]
 
     def with_tensors(self, tensors: list[Tensor]) -> "PrefixInputs":
@@ -55,6 +63,7 @@ class PrefixInputs:
         images, masks, rest = tensors[:n], tensors[n : 2 * n], tensors[2 * n :]
         context_tokens, context_mask, rest = rest[0], rest[1], rest[2:]
         suffix_tokens, suffix_masks, state = rest[:r], rest[r : 2 * r], rest[2 * r]
+        indicators = rest[2 * r + 1 :]
         return PrefixInputs(
             list(images),
             list(masks),
@@ -63,7 +72,12 @@ class PrefixInputs:
             list(suffix_tokens),
             list(suffix_masks),
             state,
+            list(indicators),
         )
+
+    def indicator_rows(self) -> Tensor | None:
+        """The indicator ids of every branch's rows, branch-major ([branches * B]), or None."""
+        return torch.cat(self.indicators) if self.indicators else None
 
 
 class PiStarRECAPNetwork(nn.Module):
@@ -82,6 +96,8 @@ class PiStarRECAPNetwork(nn.Module):
             )
         if cfg.advantage_estimator == "iql":
             self.iql = IQLHeads(cfg.state_dim, cfg.action_dim, cfg.iql_hidden_dim)
+        if cfg.indicator_conditioning != "prompt" and cfg.advantage_estimator == "recap":  # iql: no indicator
+            self.indicator_embedding = IndicatorEmbedding(cfg.indicator_conditioning, cfg)
         self.sample_graphs = CudaGraphCache()
 
     @property
@@ -123,39 +139,73 @@ class PiStarRECAPNetwork(nn.Module):
         )
         return _per_branch(kv, valid, segments)
 
-    def time_modulations(self, t: Tensor) -> list[Tensor]:
-        """The expert norms' modulations (scale, shift, gate) for flow-matching times t [N]."""
+    def time_modulations(self, t: Tensor, indicator: Tensor | None = None) -> list[Tensor]:
+        """The expert norms' modulations (scale, shift, gate) for flow-matching times t [N], one
+        [N, 3 x width] per norm.
+
+        With a learned indicator embedding (indicator_conditioning "time" or "modulation") and
+        `indicator` ids [M], the indicator is added too: to the time conditioning or to every norm's
+        modulation. t and indicator broadcast: N = M, or one of them 1, or (sampling) t [steps, 1]
+        against M rows, giving [steps, M, 3 x width]."""
         time_emb = sinusoidal_embedding(t, self.cfg.expert_width, self.cfg.min_period, self.cfg.max_period)
         cond = F.silu(self.time_mlp_out(F.silu(self.time_mlp_in(time_emb))))
-        return self.paligemma_with_expert.gemma_expert.model.modulations(cond.to(self.backbone_dtype))
+        ind = getattr(self, "indicator_embedding", None)
+        if ind is not None and indicator is not None and ind.mode == "time":
+            cond = cond + ind(indicator)
+        modulations = self.paligemma_with_expert.gemma_expert.model.modulations(cond.to(self.backbone_dtype))
+        if ind is not None and indicator is not None and ind.mode == "modulation":
+            extra = ind(indicator).to(self.backbone_dtype).chunk(len(modulations), dim=-1)
+            modulations = [m + e for m, e in zip(modulations, extra, strict=True)]
+        return modulations
 
-    def velocity(self, x_t: Tensor, t: Tensor, prefix_kv: list[KV], prefix_mask: Tensor) -> Tensor:
+    def velocity(
+        self,
+        x_t: Tensor,
+        t: Tensor,
+        prefix_kv: list[KV],
+        prefix_mask: Tensor,
+        indicator: Tensor | None = None,
+    ) -> Tensor:
         """Predicted flow velocity for noisy actions x_t at times t, given the cached prefix.
 
-        x_t and t have B rows; the result has the prefix's rows (B, or 2B under CFG)."""
+        x_t and t have B rows; the result has the prefix's rows (B, or 2B under CFG). `indicator`:
+        the ids of the prefix's rows, for the learned indicator embedding (None: not used)."""
         prefix = self.paligemma_with_expert.prepare_expert(prefix_kv, prefix_mask, x_t.shape[1])
-        return self.action_out_proj(self._expert(x_t, self.time_modulations(t), prefix).float())
+        modulations = self.time_modulations(t, indicator)
+        return self.action_out_proj(self._expert(x_t, modulations, prefix, indicator).float())
 
-    def _expert(self, x_t: Tensor, modulations: list[Tensor], prefix: ExpertPrefix) -> Tensor:
+    def _expert(
+        self, x_t: Tensor, modulations: list[Tensor], prefix: ExpertPrefix, indicator: Tensor | None = None
+    ) -> Tensor:
         """The expert's last hidden states for x_t, before the output projection."""
-        tokens = self.action_in_proj(x_t.float()).to(self.backbone_dtype)
-        return self.paligemma_with_expert.run_expert(tokens, modulations, prefix)
+        tokens = self.action_in_proj(x_t.float())
+        ind = getattr(self, "indicator_embedding", None)
+        if ind is not None and indicator is not None and ind.mode == "tokens":
+            # [B] actions under [M] indicators (M = branches x B under CFG): the tokens fan out here.
+            emb = ind(indicator)[:, None, :]
+            tokens = _fanned(tokens, emb.shape[0]) + emb
+        return self.paligemma_with_expert.run_expert(tokens.to(self.backbone_dtype), modulations, prefix)
 
-    def flow_loss(self, inp: PrefixInputs, actions: Tensor, noise: Tensor | None = None) -> Tensor:
-        """Elementwise squared error of the velocity, [B, chunk, max_action_dim]."""
+    def flow_loss(
+        self, inp: PrefixInputs, actions: Tensor, noise: Tensor | None = None, t: Tensor | None = None
+    ) -> Tensor:
+        """Elementwise squared error of the velocity, [B, chunk, max_action_dim]. `noise` and the
+        times `t` [B] are drawn when not given (given: paired comparisons, conditioning.py)."""
         cfg = self.cfg
         noise = torch.randn_like(actions) if noise is None else noise
-        t = sample_time(
-            actions.shape[0],
-            cfg.time_sampling_beta_alpha,
-            cfg.time_sampling_beta_beta,
-            cfg.time_sampling_scale,
-            cfg.time_sampling_offset,
-            actions.device,
-        )
+        if t is None:
+            t = sample_time(
+                actions.shape[0],
+                cfg.time_sampling_beta_alpha,
+                cfg.time_sampling_beta_beta,
+                cfg.time_sampling_scale,
+                cfg.time_sampling_offset,
+                actions.device,
+            )
         x_t, u_t = noisy_actions(actions, noise, t)
         prefix_kv, prefix_mask = self.encode(inp)
-        return F.mse_loss(self.velocity(x_t, t, prefix_kv, prefix_mask), u_t, reduction="none")
+        velocity = self.velocity(x_t, t, prefix_kv, prefix_mask, inp.indicator_rows())
+        return F.mse_loss(velocity, u_t, reduction="none")
 
     @torch.no_grad()
     def sample(self, inp: PrefixInputs, noise: Tensor, cfg_scale: float = 1.0) -> Tensor:
@@ -169,8 +219,10 @@ class PiStarRECAPNetwork(nn.Module):
         steps = self.cfg.num_inference_steps
 
         def run(tensors: list[Tensor]) -> Tensor:
-            prefix_kv, prefix_mask = self.encode(inp.with_tensors(tensors[:-1]))
-            return self.denoise(prefix_kv, prefix_mask, tensors[-1], steps, cfg_scale)
+            inputs = inp.with_tensors(tensors[:-1])
+            prefix_kv, prefix_mask = self.encode(inputs)
+            indicator = inputs.indicator_rows() if hasattr(self, "indicator_embedding") else None
+            return self.denoise(prefix_kv, prefix_mask, tensors[-1], steps, cfg_scale, indicator)
 
         tensors = [*inp.tensors(), noise]
         if not (self.cfg.cuda_graphs and noise.is_cuda):
@@ -181,18 +233,31 @@ class PiStarRECAPNetwork(nn.Module):
         return self.sample_graphs(run, key, weights, tensors)
 
     def denoise(
-        self, prefix_kv: list[KV], prefix_mask: Tensor, noise: Tensor, steps: int, cfg_scale: float
+        self,
+        prefix_kv: list[KV],
+        prefix_mask: Tensor,
+        noise: Tensor,
+        steps: int,
+        cfg_scale: float,
+        indicator: Tensor | None = None,
     ) -> Tensor:
         """Euler steps from noise. Everything that does not depend on x_t is computed once, before
-        the first step: the expert's view of the prefix and every step's time modulations."""
+        the first step: the expert's view of the prefix and every step's time modulations.
+        `indicator`: the prefix rows' indicator ids (learned indicator embedding only)."""
         prefix = self.paligemma_with_expert.prepare_expert(prefix_kv, prefix_mask, noise.shape[1])
         dt = -1.0 / steps
-        # Every row is at the same time: one modulation row per step, broadcast over the batch.
+        # Every row is at the same time: one modulation row per step, broadcast over the batch
+        # (with the indicator in the modulations: one row per prefix row).
         t = 1.0 + dt * torch.arange(steps, device=noise.device)
-        per_step = [m.split(1) for m in self.time_modulations(t)]
+        if not hasattr(self, "indicator_embedding"):
+            indicator = None
+        if indicator is None:
+            per_step = [m.split(1) for m in self.time_modulations(t)]
+        else:
+            per_step = self.time_modulations(t[:, None], indicator)  # each [steps, M or 1, 3 x width]
         x_t = noise
         for step in range(steps):
-            h = self._expert(x_t, [m[step] for m in per_step], prefix).float()
+            h = self._expert(x_t, [m[step] for m in per_step], prefix, indicator).float()
             if cfg_scale != 1.0:
                 # v_uncond + beta * (v_pos - v_uncond), mixed before the (affine) output projection,
                 # which then runs on B rows instead of 2B.
@@ -200,6 +265,41 @@ class PiStarRECAPNetwork(nn.Module):
                 h = torch.lerp(h_uncond, h_pos, cfg_scale)
             x_t = x_t + dt * self.action_out_proj(h)
         return x_t
+
+
+class IndicatorEmbedding(nn.Module):
+    """A learned embedding of the advantage indicator (dropped / negative / positive), beside the
+    prompt's text, so the action expert is conditioned on it the way diffusion models condition on
+    a class: through the same path as the flow-matching time.
+
+    mode "time": [3, width] added to the time conditioning before the expert's adaptive norms;
+    "modulation": [3, norms x 3 x width] added to every adaptive norm's scale, shift and gate;
+    "tokens": [3, width] added to every action token. Zero-initialised, so a model starts exactly as
+    it would without it (pi05_base fine-tuning included), and a checkpoint saved without it (an
+    older one) loads as that same zero embedding.
+    """
+
+    def __init__(self, mode: str, cfg: PiStarRECAPConfig) -> None:
+        super().__init__()
+        self.mode = mode
+        width = cfg.expert_width
+        size = {"time": width, "tokens": width, "modulation": (2 * cfg.expert_depth + 1) * 3 * width}[mode]
+        self.weight = nn.Parameter(torch.zeros(len(INDICATOR_IDS), size))
+
+    def forward(self, ids: Tensor) -> Tensor:
+        return F.embedding(ids, self.weight)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, *args) -> None:
+        if prefix + "weight" not in state_dict:
+            # A checkpoint from before the embedding existed: zero is that model exactly.
+            logging.getLogger(__name__).info("%sweight not in the checkpoint: zero (no effect)", prefix)
+            state_dict = {**state_dict, prefix + "weight": torch.zeros_like(self.weight)}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, *args)
+
+
+def _fanned(x: Tensor, rows: int) -> Tensor:
+    """x's B rows repeated for each branch up to `rows` (branch-major); one row broadcasts."""
+    return x if x.shape[0] in (1, rows) else fan_out(x, rows // x.shape[0])
 
 
 def _prefix_positions(context_valid: Tensor, suffix_masks: list[Tensor]) -> Tensor:

@@ -13,6 +13,8 @@ from flywheel.policies.pi_star_recap.tokenizer import NUM_STATE_BINS, PromptToke
 
 POSITIVE = "positive"
 NEGATIVE = "negative"
+# Ids of the indicator for the learned indicator embedding (`indicator_conditioning`): 0 = dropped.
+INDICATOR_IDS: dict[str | None, int] = {None: 0, NEGATIVE: 1, POSITIVE: 2}
 
 
 def discretize_state(state: Tensor, max_state_dim: int) -> list[list[int]]:
@@ -36,6 +38,11 @@ def indicators_from_labels(positive: Tensor, dropout: float, generator: torch.Ge
     drop = torch.rand(positive.shape[0], generator=generator) < dropout
     words = [POSITIVE if bool(p) else NEGATIVE for p in positive.reshape(-1).tolist()]
     return [None if d else w for w, d in zip(words, drop.tolist(), strict=True)]
+
+
+def indicator_ids(indicators: list[str | None], device: torch.device) -> Tensor:
+    """[len(indicators)] long: 0 dropped, 1 negative, 2 positive (INDICATOR_IDS)."""
+    return torch.tensor([INDICATOR_IDS[i] for i in indicators], dtype=torch.long, device=device)
 
 
 def tokenize_contexts(
