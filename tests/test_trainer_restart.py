@@ -9,7 +9,11 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+import pytest
+
 from flywheel.cli import main as flywheel_main
+from flywheel.recap.indicator_balance import labels_of
 from tests.netutil import free_address
 from trainer.registry import ModelRegistry
 
@@ -60,3 +64,8 @@ def test_killed_mid_iteration_resumes_without_loss_or_double_count(tmp_path):
     assert ModelRegistry(tmp_path / "models").versions() == [1]  # published once
     assert "resumed from step" in output
     assert not (tmp_path / "work" / "iter-0002").exists()
+    # The policy's samples: positive-labeled frames get positive_share (0.9) of them.
+    weights = np.load(iteration / "sample_weights.npy")
+    positive = labels_of(iteration / "labeled")
+    assert positive.any() and not positive.all() and (weights >= 0).all()
+    assert weights[positive].sum() == pytest.approx(0.9 * weights.sum())

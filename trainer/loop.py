@@ -4,7 +4,7 @@ It watches the dataset (a scan at start-up, then the daemon's EPISODE_SAVED noti
 RECAP iterations:
 
     label     train the value function on all episodes, label every frame with an advantage
-    train     the policy on the labeled data (held-out episodes excluded, data-type weights applied)
+    train     the policy on the labeled data (held-out episodes excluded, positives at a fixed share)
     publish   a new registry version
     gate      not worse than the acting version on held-out episodes (and in the sim, if it is one)
     deploy    announce it to the daemon, which validates and hot-swaps it
@@ -36,6 +36,7 @@ import zmq
 from flywheel.configs import WireConfig
 from flywheel.dataset import snapshot
 from flywheel.protocol import MessageType, request
+from flywheel.recap.indicator_balance import indicator_balanced_weights, labels_of
 from flywheel.recap.labeling import LabelConfig, run_labeling
 from flywheel.recap.sampler import DataTypeWeights, frame_weights
 from flywheel.recap.source import LabelInputError, check_dataset, load_source
@@ -84,6 +85,10 @@ class TrainerConfig:
     save_every: int = 100
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     weights: DataTypeWeights = field(default_factory=DataTypeWeights)
+    # Share of the policy's training samples drawn from positive-labeled frames
+    # (flywheel/recap/indicator_balance.py); None: the data-type `weights` above instead, which
+    # starved the positive mode in the demo's measurements (docs/demo.md).
+    positive_share: float | None = 0.9
     label: LabelConfig = field(default_factory=LabelConfig)
     gate: GateConfig = field(default_factory=GateConfig)
     # The sim task, when the robot is the sim: the gate then also evaluates in simulation.
@@ -103,6 +108,8 @@ class TrainerConfig:
             parse_clock(self.schedule, "schedule")
         if self.every < 0:
             raise ValueError(f"every: {self.every} must be >= 0")
+        if self.positive_share is not None and not 0.0 < self.positive_share < 1.0:
+            raise ValueError(f"positive_share: {self.positive_share} must lie in (0, 1)")
 
 
 def check_paths(cfg: TrainerConfig) -> None:
@@ -346,9 +353,12 @@ class Trainer:
     def _train(self, folder: Path, labeled: Path, heldout: list[int], kind: str, current: int | None) -> Path:
         cfg = self.cfg
         source = load_source(labeled)
-        weights = frame_weights(source.frame_data_type_ids(), cfg.weights)
         frame_episodes = source.episodes.index[source.frames.episode]
-        weights[np.isin(frame_episodes, heldout)] = 0.0  # held-out frames are the gate's
+        training = (~np.isin(frame_episodes, heldout)).astype(np.float64)  # held-out frames are the gate's
+        if cfg.positive_share is None:
+            weights = frame_weights(source.frame_data_type_ids(), cfg.weights) * training
+        else:
+            weights = indicator_balanced_weights(labels_of(labeled), cfg.positive_share, base=training)
         np.save(folder / "sample_weights.npy", weights)
         warm = kind == "continuous" and current is not None
         out = folder / "train"

@@ -31,6 +31,7 @@ from lerobot.utils.import_utils import register_third_party_plugins
 
 from flywheel.demo.collect import REPO_ID
 from flywheel.policies.pi_star_recap import PiStarRECAPConfig
+from flywheel.recap.indicator_balance import indicator_balanced_weights
 from flywheel.recap.iql import awr_weights
 from flywheel.recap.labeling import Labels
 from flywheel.recap.quality import skill_of
@@ -53,7 +54,14 @@ class MethodData:
     weights: np.ndarray
 
 
-def build_base(dataset_root: Path, out: Path, chunk_size: int, seed: int, warmup_steps: int = 20) -> Path:
+def build_base(
+    dataset_root: Path,
+    out: Path,
+    chunk_size: int,
+    seed: int,
+    warmup_steps: int = 20,
+    advantage_dropout: float = 0.3,
+) -> Path:
     """An untrained tiny pi_star_recap with the dataset's normalization, saved the LeRobot way."""
     register_third_party_plugins()
     torch.manual_seed(seed)
@@ -65,6 +73,8 @@ def build_base(dataset_root: Path, out: Path, chunk_size: int, seed: int, warmup
         n_action_steps=chunk_size,
         # The preset warms up over 100 steps: most of a short post-training run here.
         scheduler_warmup_steps=warmup_steps,
+        # Saved in the base's config: every method trained from it (RECAP included) uses it.
+        advantage_dropout=advantage_dropout,
     )
     policy = make_policy(cfg, ds_meta=meta)
     pre, post = make_pre_post_processors(cfg, dataset_stats=meta.stats)
@@ -160,10 +170,11 @@ def awr_sampling_weights(iql_advantages: np.ndarray, temperature: float, max_wei
     return awr_weights(iql_advantages, temperature, max_weight).astype(np.float64)
 
 
-def recap_weights(source: Source, data_type_weights: bool) -> np.ndarray:
-    if not data_type_weights:
-        return np.ones(len(source.frames))
-    return frame_weights(source.frame_data_type_ids(), DataTypeWeights())
+def recap_weights(source: Source, positive: np.ndarray, positive_share: float | None) -> np.ndarray:
+    """Positive frames get `positive_share` of the samples; None: the trainer's data-type weights."""
+    if positive_share is None:
+        return frame_weights(source.frame_data_type_ids(), DataTypeWeights())
+    return indicator_balanced_weights(positive, positive_share)
 
 
 def method_data(
@@ -171,11 +182,15 @@ def method_data(
     source: Source,
     labeled_root: Path,
     iql_advantages: np.ndarray | None,
-    recap_data_type_weights: bool,
+    positive: np.ndarray | None,
+    recap_positive_share: float | None,
 ) -> MethodData:
-    """The dataset and weights of one trained method, on the same frames for every method."""
+    """The dataset and weights of one trained method, on the same frames for every method
+    (`positive`: the indicator of the conditioned methods' labeled copy)."""
     if method in CONDITIONED:
-        return MethodData(labeled_root, recap_weights(source, recap_data_type_weights))
+        if positive is None:
+            raise ValueError(f"{method}: needs the indicator of its labeled copy")
+        return MethodData(labeled_root, recap_weights(source, positive, recap_positive_share))
     if method == "awr":
         if iql_advantages is None:
             raise ValueError("awr: needs the IQL advantages")

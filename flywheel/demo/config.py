@@ -67,8 +67,13 @@ class DemoConfig:
     threshold_mode: str = "progress"
     positive_fraction: float = 0.10
     iql_steps: int = 1000
-    # RECAP samples frames with the trainer's data-type weights (interventions x2, types balanced).
-    recap_data_type_weights: bool = True
+    # Share of RECAP's training samples drawn from positive-labeled frames (recap and recap_gt;
+    # flywheel/recap/indicator_balance.py says why). None: the trainer's data-type weights
+    # (interventions x2, types balanced), which starved the positive mode (docs/demo.md).
+    recap_positive_share: float | None = 0.9
+    # P(indicator dropped) per RECAP training sample (the paper: 0.3); lower trains the positive
+    # mode on more samples, CFG's unconditioned branch on fewer.
+    advantage_dropout: float = 0.1
 
     # Held-out evaluation scenes per task (the same for every method, seed and iteration).
     eval_episodes: int = 8
@@ -124,5 +129,9 @@ class DemoConfig:
         )
         if max(per_group) > 100 or self.seeds > 9 or len(self.tasks) > 8 or self.iterations > 9:
             raise ValueError("sizes: at most 100 episodes per group, 9 seeds, 8 tasks, 9 iterations")
+        if self.recap_positive_share is not None and not 0.0 < self.recap_positive_share < 1.0:
+            raise ValueError(f"recap_positive_share: {self.recap_positive_share} must lie in (0, 1)")
+        if not 0.0 <= self.advantage_dropout < 1.0:
+            raise ValueError(f"advantage_dropout: {self.advantage_dropout} must lie in [0, 1)")
         if self.cfg_scale < 1.0:
             raise ValueError(f"cfg_scale: {self.cfg_scale} must be >= 1")

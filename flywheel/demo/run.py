@@ -187,7 +187,9 @@ def record_initial_data(cfg: DemoConfig, root: Path) -> None:
 def train_sft0(cfg: DemoConfig, initial: Path, out: Path) -> Path:
     """SFT on all initial data: the shared starting policy (the 'pre-trained' checkpoint every
     method and every iteration starts from, as the paper retrains from it each iteration)."""
-    base = bl.build_base(initial, out / "base", cfg.chunk_size, seed=0)
+    base = bl.build_base(
+        initial, out / "base", cfg.chunk_size, seed=0, advantage_dropout=cfg.advantage_dropout
+    )
     source = load_source(initial)
     return bl.train(initial, base, bl.sft_weights(source), out / "train", cfg.sft_steps, cfg.batch_size, 0)
 
@@ -311,11 +313,15 @@ def iterate(
             iql = label(cfg, root, folder / "labeled_iql", seed, "iql")
         run.labels.append({"seed": seed, "iteration": k, "estimator": "iql", **label_summary(iql)})
         iql_adv = iql.advantages
+    indicator = {"recap": labels.positive}
     if "recap_gt" in trained:
         bl.write_ground_truth_labels(source, labels, folder / "labeled_gt")
+        indicator["recap_gt"] = bl.ground_truth_positive(source)
     for method in tqdm(trained, desc=f"seed {seed} iteration {k} train", unit="method"):
         conditioned_on = folder / ("labeled_gt" if method == "recap_gt" else "labeled")
-        data = bl.method_data(method, source, conditioned_on, iql_adv, cfg.recap_data_type_weights)
+        data = bl.method_data(
+            method, source, conditioned_on, iql_adv, indicator.get(method), cfg.recap_positive_share
+        )
         with stage(run, f"train {method}"):
             policy = bl.train(
                 data.dataset_root, sft0, data.weights, folder / method, cfg.method_steps, cfg.batch_size, seed
