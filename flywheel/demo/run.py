@@ -95,7 +95,7 @@ def demo_main(cfg: DemoConfig) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flywheel.demo").setLevel(logging.INFO)  # even when an import configured logging
     # The daemon logs every episode and takeover: hundreds of lines here.
-    for noisy in ("flywheel.rollout", "trainer.train_policy", "flywheel.recap"):
+    for noisy in ("flywheel.rollout", "trainer.train_policy", "flywheel.recap", "robots.sim"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         resolved = cfg.resolved()
