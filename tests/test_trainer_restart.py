@@ -64,6 +64,9 @@ def test_killed_mid_iteration_resumes_without_loss_or_double_count(tmp_path):
     assert ModelRegistry(tmp_path / "models").versions() == [1]  # published once
     assert "resumed from step" in output
     assert not (tmp_path / "work" / "iter-0002").exists()
+    # The conditioning diagnostic ran (on every episode: 4 are too few to hold one out).
+    strength = json.loads((iteration / "conditioning.json").read_text())
+    assert strength["frames"] > 0 and np.isfinite(strength["loss_gap"])
     # The policy's samples: positive-labeled frames get positive_share (0.9) of them.
     weights = np.load(iteration / "sample_weights.npy")
     positive = labels_of(iteration / "labeled")

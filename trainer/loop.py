@@ -5,6 +5,7 @@ RECAP iterations:
 
     label     train the value function on all episodes, label every frame with an advantage
     train     the policy on the labeled data (held-out episodes excluded, positives at a fixed share)
+    report    conditioning strength: how much the new policy's loss depends on its indicator
     publish   a new registry version
     gate      not worse than the acting version on held-out episodes (and in the sim, if it is one)
     deploy    announce it to the daemon, which validates and hot-swaps it
@@ -35,6 +36,7 @@ import zmq
 
 from flywheel.configs import WireConfig
 from flywheel.dataset import snapshot
+from flywheel.policies.pi_star_recap.conditioning import report_conditioning
 from flywheel.protocol import MessageType, request
 from flywheel.recap.indicator_balance import indicator_balanced_weights, labels_of
 from flywheel.recap.labeling import LabelConfig, run_labeling
@@ -266,6 +268,7 @@ class Trainer:
             version = json.loads(manifest_path.read_text())["version"]
         else:
             pretrained = self._train(folder, labeled, heldout, kind, current)
+            self._report_conditioning(folder, pretrained, labeled, heldout)
             trained_on = [e for e in episodes if e not in heldout]
             version = self.registry.publish(
                 pretrained, parent=current, kind=kind, episodes=trained_on
@@ -380,6 +383,16 @@ class Trainer:
                 resume=resume,
             )
         )
+
+    def _report_conditioning(self, folder: Path, pretrained: Path, labeled: Path, heldout: list[int]) -> None:
+        """Does the new policy act on its advantage indicator? On the gate's held-out episodes (the
+        training ones when none is held out, said so), at a cost that does not hold up the deploy:
+        128 frames, 2 noise draws, losses only (no sampled chunks)."""
+        context = {"episodes": heldout or "all (none held out)"}
+        report_conditioning(
+            pretrained, labeled, heldout or None, folder / "conditioning.json", context,
+            max_frames=128, draws=2, sample_actions=False,
+        )  # fmt: skip
 
     def _acting_version(self) -> int | None:
         return self.intake.state.last_version

@@ -256,6 +256,7 @@ def report_conditioning(
     labeled_root: str | Path,
     episodes: Sequence[int] | None,
     out_json: str | Path | None = None,
+    context: dict | None = None,
     **kwargs,
 ) -> ConditioningStrength | None:
     """For the trainer, `flywheel label`'s report and the demo: the conditioning strength of a trained
@@ -275,6 +276,6 @@ def report_conditioning(
         log.warning("conditioning strength not measured: %s", exc)
         return None
     log.info("%s", strength.line())
-    if out_json is not None:
-        Path(out_json).write_text(json.dumps(strength.as_dict(), indent=1))
+    if out_json is not None:  # `context`: what the caller wants on record beside it (which frames)
+        Path(out_json).write_text(json.dumps({**(context or {}), **strength.as_dict()}, indent=1))
     return strength
