@@ -102,12 +102,8 @@ def check_counts(**counts: int) -> None:
 
 
 def summarize_scenes(outcomes: list[SceneOutcome], horizon: int) -> EvalResult:
-    return summarize([(o.success, o.steps) for o in outcomes], horizon)
-
-
-def summarize(outcomes: list[tuple[bool, int]], horizon: int) -> EvalResult:
-    success = np.array([s for s, _ in outcomes], dtype=float)
-    steps = np.array([n if s else horizon for s, n in outcomes], dtype=float)
+    success = np.array([o.success for o in outcomes], dtype=float)
+    steps = np.array([o.steps if o.success else horizon for o in outcomes], dtype=float)
     n = len(outcomes)
     rate = float(success.mean()) if n else float("nan")
     ci = 1.96 * math.sqrt(rate * (1 - rate) / n) if n else float("nan")
