@@ -18,6 +18,7 @@ is silent; under `iql` the defaults below fill what was left unset.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VLM_MODEL_NAME = "google/paligemma-3b-pt-224"
 # Fields read only by the in-policy IQL critics: (value under iql when unset, what it sets).
 IQL_ONLY: dict[str, tuple[float, str]] = {
     "iql_expectile": (0.7, "the expectile of the V critic"),
@@ -138,7 +138,7 @@ def _check_cpu_size(cfg: PiStarRECAPConfig) -> None:
 def _check_weight_source(cfg: PiStarRECAPConfig, base: str | None) -> None:
     name = cfg.vlm_model_name
     if base is not None:
-        if name != DEFAULT_VLM_MODEL_NAME and Path(name).resolve() != Path(base).resolve():
+        if name != _default(cfg, "vlm_model_name") and Path(name).resolve() != Path(base).resolve():
             log.warning(
                 "pi_star_recap: vlm_model_name=%r is not read: base_model_path=%r is set and its "
                 "weights are loaded instead.",
@@ -153,7 +153,7 @@ def _check_weight_source(cfg: PiStarRECAPConfig, base: str | None) -> None:
                 base,
             )
         return
-    if name != DEFAULT_VLM_MODEL_NAME or cfg.preset != "tiny":
+    if name != _default(cfg, "vlm_model_name") or cfg.preset != "tiny":
         # The tiny preset with the default name is random init by design: no warning there.
         log.warning(
             "pi_star_recap: vlm_model_name=%r is not a local directory and base_model_path is unset, "
@@ -213,3 +213,8 @@ def _first(key: str) -> bool:
         return False
     _WARNED_BATCH.add(key)
     return True
+
+
+def _default(cfg: Any, name: str) -> Any:
+    """The config class's own default of a field (one place states it: the dataclass)."""
+    return next(f.default for f in dataclasses.fields(cfg) if f.name == name)
