@@ -10,13 +10,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from flywheel.demo import DemoConfig, demo_main
 from flywheel.demo.baselines import ground_truth_positive
 from flywheel.demo.report import check_results, flywheel_curve, interval, summarize
 from flywheel.demo.run import prepare_out_dir, run_demo
+from flywheel.recap.indicator_balance import labels_of
 from flywheel.recap.source import load_source
 
 
@@ -52,9 +52,7 @@ def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
     assert methods == {"sft", "sft_all", "filtered_sft", "awr", "recap", "recap_cfg", "recap_gt", "good_only"}
     # recap_gt trains on the same frames with the sim's truth as its indicator, in a labeled copy.
     gt_root = out / "seed0" / "iter1" / "labeled_gt"
-    files = sorted((gt_root / "data").glob("*/*.parquet"))
-    frames = pd.concat([pd.read_parquet(f, columns=["index", "advantage_positive"]) for f in files])
-    positive = np.array([bool(np.ravel(v)[0]) for v in frames.sort_values("index")["advantage_positive"]])
+    positive = labels_of(gt_root)
     assert np.array_equal(positive, ground_truth_positive(load_source(gt_root)))
     assert 0 < positive.mean() < 1
     # Every rollout batch got its version over ZeroMQ and the daemon swapped it in.
