@@ -29,6 +29,8 @@ from lerobot.policies.factory import get_policy_class, make_policy, make_pre_pos
 from lerobot.utils.import_utils import register_third_party_plugins
 from tqdm import tqdm
 
+from trainer.frames_in_memory import FramesInMemory, already_batched, supports
+
 log = logging.getLogger(__name__)
 
 
@@ -151,10 +153,12 @@ def _build(cfg: TrainPolicyConfig, device: torch.device):
         pre, post = make_pre_post_processors(policy_cfg, dataset_stats=meta.stats)
     delta = resolve_delta_timestamps(policy.config, meta)
     dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root, delta_timestamps=delta)
+    if supports(dataset):  # state-only: the same items from tensors, without HF datasets' per-row cost
+        dataset = FramesInMemory(dataset)
     return policy, dataset, pre, post
 
 
-def _loader(cfg: TrainPolicyConfig, dataset: LeRobotDataset) -> torch.utils.data.DataLoader:
+def _loader(cfg: TrainPolicyConfig, dataset: LeRobotDataset | FramesInMemory) -> torch.utils.data.DataLoader:
     sampler = None
     if cfg.sample_weights is not None:
         weights = np.load(cfg.sample_weights)
@@ -170,6 +174,8 @@ def _loader(cfg: TrainPolicyConfig, dataset: LeRobotDataset) -> torch.utils.data
         sampler=sampler,
         num_workers=cfg.num_workers,
         drop_last=len(dataset) > cfg.batch_size,
+        # FramesInMemory.__getitems__ returns the batch itself; None: torch's default collate.
+        collate_fn=already_batched if isinstance(dataset, FramesInMemory) else None,
     )
 
 

@@ -36,7 +36,9 @@ def test_presets_pick_the_indicator_path():
 def test_the_zero_initialised_embedding_changes_nothing_at_init(mode: str):
     torch.manual_seed(0)
     with_prompt = PiStarRECAPPolicy(make_config(indicator_conditioning="prompt")).eval()
-    with_embedding = PiStarRECAPPolicy(make_config(indicator_conditioning=mode)).eval()
+    # the same prompt as the prompt path (the learned paths leave the indicator words out by default)
+    with_embedding = PiStarRECAPPolicy(make_config(indicator_conditioning=mode, indicator_in_prompt=True))
+    with_embedding.eval()
     missing, unexpected = with_embedding.model.load_state_dict(with_prompt.model.state_dict(), strict=False)
     assert missing == [] and unexpected == []  # a state dict without it reads as zero (see below)
     assert with_embedding.model.indicator_embedding.weight.abs().sum() == 0
@@ -80,16 +82,19 @@ def test_batched_cfg_matches_separate_passes_with_the_embedding(mode: str, bsize
 
 
 def test_a_checkpoint_without_the_embedding_loads_as_a_zero_one(tmp_path: Path):
-    """An older tiny checkpoint (no indicator_conditioning field, no embedding weight) loads, and acts
-    as it did: the zero embedding is the model it was."""
-    old = PiStarRECAPPolicy(make_config(indicator_conditioning="prompt"))
+    """An older tiny checkpoint (no indicator_conditioning field, no embedding weight, state and
+    indicator in the prompt) loads, and acts as it did: the zero embedding is the model it was, and
+    it keeps the prompt it was trained on rather than the preset's shorter one."""
+    old = PiStarRECAPPolicy(make_config(indicator_conditioning="prompt", state_in_prompt=True))
     old.save_pretrained(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
-    del config["indicator_conditioning"]
+    for name in ("indicator_conditioning", "state_in_prompt", "indicator_in_prompt"):
+        del config[name]
     (tmp_path / "config.json").write_text(json.dumps(config))
     assert "model.indicator_embedding.weight" not in load_file(str(tmp_path / "model.safetensors"))
     loaded = PiStarRECAPPolicy.from_pretrained(tmp_path)
     assert loaded.config.indicator_conditioning == "modulation"  # the tiny preset's
+    assert loaded.config.state_in_prompt and loaded.config.indicator_in_prompt
     assert loaded.model.indicator_embedding.weight.abs().sum() == 0
     batch, noise = make_batch(2), torch.randn(2, CHUNK, 32)
     torch.testing.assert_close(
@@ -160,3 +165,21 @@ def test_pick_frames_balances_the_labels():
     picked = pick_frames(positive, 10, seed=0)
     assert positive[picked].sum() == 5
     assert len(set(picked.tolist())) == len(picked)
+
+
+def test_what_the_prompt_carries():
+    """The tiny preset's prompt is the task alone (its state arrives as the continuous token, the
+    indicator through the embedding); pi05's is pi0.5's, state and indicator words included."""
+    tiny = PiStarRECAPPolicy(make_config()).eval()
+    assert not tiny.config.state_in_prompt and not tiny.config.indicator_in_prompt
+    inputs = tiny._prefix_inputs(make_batch(2), [POSITIVE, None])
+    context, suffix = inputs.context_tokens[0, 1:].tolist(), inputs.suffix_tokens[0][0].tolist()
+    assert bytes(context + suffix).decode() == "Task: push the puck to the goal;\nAction: "
+    assert inputs.context_mask.all() and inputs.suffix_masks[0].all()
+    pi05 = PiStarRECAPConfig(preset="pi05")
+    assert pi05.state_in_prompt and pi05.indicator_in_prompt
+    assert PiStarRECAPConfig(preset="tiny", indicator_conditioning="prompt").indicator_in_prompt
+    with pytest.raises(ValueError, match="state_in_prompt"):
+        PiStarRECAPConfig(preset="tiny", state_in_prompt=False, continuous_state_token=False)
+    with pytest.raises(ValueError, match="indicator_in_prompt"):
+        PiStarRECAPConfig(preset="pi05", indicator_in_prompt=False)

@@ -85,7 +85,10 @@ def _overfit() -> None:
         optimizer.step()
         losses.append(loss.item())
     first, last = np.mean(losses[:10]), np.mean(losses[-20:])
-    assert last < first / 5, (first, last)
+    # 2.1 -> 0.6 here (the flow loss has a noise floor; the tiny preset sees the state through its
+    # one continuous token, and memorises 8 random states slower than with 39 state tokens, which
+    # trained worse on real data: docs/demo.md).
+    assert last < first / 3, (first, last)
 
 
 def test_cfg_scale_one_equals_positive_conditioning():
@@ -120,8 +123,8 @@ def test_batched_cfg_matches_separate_passes():
 
 def test_the_indicator_reaches_the_actions_but_not_the_context():
     """What lets CFG encode the context once: its keys and values do not depend on the indicator,
-    while the prefix the action expert reads does."""
-    policy = PiStarRECAPPolicy(make_config(with_image=True)).eval()
+    while the prefix the action expert reads does (the prompt path: the indicator is prompt text)."""
+    policy = PiStarRECAPPolicy(make_config(with_image=True, indicator_conditioning="prompt")).eval()
     batch = make_batch(2, with_image=True)
     model = policy.model
     x_t, t = torch.randn(2, CHUNK, policy.config.max_action_dim), torch.full((2,), 0.5)

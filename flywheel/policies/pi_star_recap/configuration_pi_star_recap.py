@@ -86,6 +86,13 @@ class PiStarRECAPConfig(PreTrainedConfig):
     # adaptive norm's scale, shift and gate of the expert, zero-initialised (a model starts as with
     # "prompt"); "time", that embedding added to the time conditioning; "tokens", to the action tokens.
     indicator_conditioning: str | None = None
+    # What the prompt text carries. state_in_prompt (None -> preset): pi0.5's discretized state tokens;
+    # the tiny preset reads the state from its continuous state token instead, and the 39 tokens it
+    # saves are 40% of a training step. indicator_in_prompt (None -> indicator_conditioning == "prompt"):
+    # the words "Advantage: positive"; the learned paths do not need them. Checkpoints saved before
+    # these fields existed carry both (PiStarRECAPPolicy.from_pretrained restores that).
+    state_in_prompt: bool | None = None
+    indicator_in_prompt: bool | None = None
 
     # IQL variant (advantage_estimator="iql"). None -> 0.7, 0.5, 0.99, 0.005, 256, 100 under iql; under
     # recap a given value is warned about and cleared (config_checks.py: the seed passes the defaults).
@@ -125,6 +132,8 @@ class PiStarRECAPConfig(PreTrainedConfig):
         for name, value in PRESETS[self.preset].items():
             if getattr(self, name) is None:
                 setattr(self, name, value)
+        if self.indicator_in_prompt is None:
+            self.indicator_in_prompt = self.indicator_conditioning == "prompt"
         if self.normalization_mapping is None:
             mode = NormalizationMode(self.normalization)
             self.normalization_mapping = {
@@ -146,6 +155,15 @@ class PiStarRECAPConfig(PreTrainedConfig):
             raise ValueError("advantage_dropout must lie in [0, 1]")
         if self.indicator_conditioning not in INDICATOR_CONDITIONING:
             raise ValueError(f"indicator_conditioning must be one of {INDICATOR_CONDITIONING}")
+        if not self.state_in_prompt and not self.continuous_state_token:
+            raise ValueError(
+                "state_in_prompt: False needs continuous_state_token=True, or the policy never sees the state"
+            )
+        if self.indicator_conditioning == "prompt" and not self.indicator_in_prompt:
+            raise ValueError(
+                "indicator_in_prompt: False with indicator_conditioning='prompt' leaves the indicator no "
+                "path into the policy"
+            )
         if self.cfg_scale < 1.0:
             raise ValueError("cfg_scale below 1 would guide away from the positive policy")
         if self.num_heads % self.num_kv_heads:

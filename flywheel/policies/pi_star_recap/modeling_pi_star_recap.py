@@ -7,6 +7,7 @@ prompts to the same batch and mixes the two velocities at every denoising step.
 """
 
 import builtins
+import json
 from collections import deque
 from pathlib import Path
 from typing import Any, TypeVar
@@ -94,6 +95,7 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         if config is None:
             hub_args = {k: v for k, v in kwargs.items() if k in HUB_KWARGS}
             config = PreTrainedConfig.from_pretrained(pretrained_name_or_path, **hub_args)
+        _keep_older_prompt(config, pretrained_name_or_path)
         strict = kwargs.pop("strict", True)  # a caller asking for a lenient load gets initialised weights
         return super().from_pretrained(
             pretrained_name_or_path,
@@ -161,14 +163,15 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         images, masks = bi.camera_images(
             batch, list(self.config.image_features), self.config.image_size, timed, device
         )
-        bins = discretize_state(state, self.config.max_state_dim)
+        bins = discretize_state(state, self.config.max_state_dim) if self.config.state_in_prompt else None
         tasks = bi.tasks_of(batch, bsize)
         max_length = self.config.tokenizer_max_length
         context, context_mask = tokenize_contexts(self.tokenizer, tasks, bins, max_length, device)
         # One tensor per branch, each padded only to its own longest suffix: under CFG the
         # unconditioned "Action: " is far shorter than the positive suffix.
         per_branch = [indicators[i * bsize : (i + 1) * bsize] for i in range(branches)]
-        suffixes = [tokenize_suffixes(self.tokenizer, branch, device) for branch in per_branch]
+        in_text = per_branch if self.config.indicator_in_prompt else [[None] * bsize] * branches
+        suffixes = [tokenize_suffixes(self.tokenizer, branch, device) for branch in in_text]
         return PrefixInputs(
             images,
             masks,
@@ -301,6 +304,22 @@ def _build_network(config: PiStarRECAPConfig) -> PiStarRECAPNetwork:
     if config.dtype == "bfloat16":  # the backbone; the small projections stay in float32
         network.paligemma_with_expert.to(torch.bfloat16)
     return network
+
+
+# Prompt fields added after checkpoints were saved: such a checkpoint was trained with both set.
+PROMPT_FIELDS = ("state_in_prompt", "indicator_in_prompt")
+
+
+def _keep_older_prompt(config: PreTrainedConfig, path: str | Path) -> None:
+    """A checkpoint whose config.json predates PROMPT_FIELDS gets the prompt it was trained on, not
+    the preset's newer, shorter one (which would feed its weights inputs they never saw)."""
+    saved = Path(path) / "config.json"
+    if not isinstance(config, PiStarRECAPConfig) or not saved.is_file():
+        return
+    fields = json.loads(saved.read_text())
+    for name in PROMPT_FIELDS:
+        if name not in fields:
+            setattr(config, name, True)
 
 
 def _network_keys(config: PiStarRECAPConfig) -> list[str]:

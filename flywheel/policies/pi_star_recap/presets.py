@@ -29,6 +29,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "dtype": "bfloat16",
         "gradient_checkpointing": True,
         "continuous_state_token": False,
+        # pi0.5's prompt: "Task: ..., State: <256-bin tokens>;\n".
+        "state_in_prompt": True,
         # pi0.5 reads the indicator from its prompt only; pi05_base loads and starts unchanged.
         "indicator_conditioning": "prompt",
         "normalization": "QUANTILES",
@@ -58,6 +60,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "gradient_checkpointing": False,
         # Measured (NOTES.md section 5): the tiny model does not learn from text-only state.
         "continuous_state_token": True,
+        # The continuous token carries the state: 39 fewer prompt tokens (issue 19, docs/benchmarks.md).
+        "state_in_prompt": False,
         # Measured (docs/demo.md, issue 19): through the prompt alone the tiny model ignores it.
         "indicator_conditioning": "modulation",
         # Quantile stats are noisy on the few-episode data sets the tiny preset is meant for.

@@ -48,12 +48,13 @@ def indicator_ids(indicators: list[str | None], device: torch.device) -> Tensor:
 def tokenize_contexts(
     tokenizer: PromptTokenizer,
     tasks: list[str],
-    state_bins: list[list[int]],
+    state_bins: list[list[int]] | None,
     max_length: int,
     device: torch.device,
 ) -> tuple[Tensor, Tensor]:
-    """The shared part of each prompt (task and state), truncated to max_length tokens."""
-    pairs = zip(tasks, state_bins, strict=True)
+    """The shared part of each prompt (task, and state unless state_bins is None), truncated to
+    max_length tokens."""
+    pairs = zip(tasks, state_bins if state_bins is not None else [None] * len(tasks), strict=True)
     rows = [tokenizer.encode_context(task, bins)[:max_length] for task, bins in pairs]
     return _right_padded(rows, tokenizer.pad_id, device)
 

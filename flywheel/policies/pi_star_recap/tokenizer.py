@@ -24,7 +24,7 @@ class PromptTokenizer(Protocol):
 
     pad_id: int
 
-    def encode_context(self, task: str, state_bins: list[int]) -> list[int]: ...
+    def encode_context(self, task: str, state_bins: list[int] | None) -> list[int]: ...
 
     def encode_suffix(self, indicator: str | None) -> list[int]: ...
 
@@ -47,7 +47,9 @@ class ByteTokenizer:
     def encode_text(self, text: str) -> list[int]:
         return list(text.encode("utf-8"))
 
-    def encode_context(self, task: str, state_bins: list[int]) -> list[int]:
+    def encode_context(self, task: str, state_bins: list[int] | None) -> list[int]:
+        if state_bins is None:  # state_in_prompt=False: the state reaches the policy another way
+            return [BOS_ID, *self.encode_text(f"Task: {clean_task(task)};\n")]
         return (
             [BOS_ID]
             + self.encode_text(f"Task: {clean_task(task)}, State: ")
@@ -68,9 +70,11 @@ class SentencePieceTokenizer:
         self._tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
         self.pad_id = self._tok.pad_token_id if self._tok.pad_token_id is not None else 0
 
-    def encode_context(self, task: str, state_bins: list[int]) -> list[int]:
-        state_str = " ".join(map(str, state_bins))
-        text = f"Task: {clean_task(task)}, State: {state_str};\n"
+    def encode_context(self, task: str, state_bins: list[int] | None) -> list[int]:
+        if state_bins is None:
+            text = f"Task: {clean_task(task)};\n"
+        else:
+            text = f"Task: {clean_task(task)}, State: {' '.join(map(str, state_bins))};\n"
         return self._tok(text, add_special_tokens=True)["input_ids"]
 
     def encode_suffix(self, indicator: str | None) -> list[int]:
