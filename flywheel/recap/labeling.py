@@ -2,14 +2,16 @@
 
     flywheel label --dataset.root=IN --output.root=OUT [--advantage.mode=nstep|mc]
         [--advantage.estimator=recap|iql] [--threshold.mode=global|progress]
-        [--threshold.positive_fraction=F] [--value.cross_fit_folds=K]
+        [--threshold.positive_fraction=F] [--value.cross_fit_folds=K] [--conditioning.policy=DIR]
 
 The source dataset is only read. See docs/recap.md.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -33,7 +35,7 @@ from flywheel.recap.train_value import (
     save_value_model,
 )
 from flywheel.recap.value import RecapValueConfig
-from flywheel.recap.writer import check_output_root, label_columns, write_labeled
+from flywheel.recap.writer import LABELS_FILE, check_output_root, label_columns, write_labeled
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +110,22 @@ class ThresholdConfig:
 
 
 @dataclass
+class ConditioningReportConfig:
+    # A pi_star_recap pretrained_model folder (the policy deployed now, or one trained on earlier
+    # labels). After labeling: how much it uses its advantage indicator on the NEW labels (flow loss
+    # with each frame's indicator flipped minus with its own, paired noise), in the report.
+    # None: not measured, no cost.
+    policy: Path | None = None
+    # Frames measured, from all episodes: at most this many, half positive and half negative where
+    # the labels allow, picked with value.seed (deterministic).
+    frames: int = 128
+    # Noise / flow-time draws per frame, shared by the true and the flipped indicator.
+    draws: int = 2
+    # Also sample action chunks under positive and negative (the action difference): slower.
+    sample_actions: bool = False
+
+
+@dataclass
 class LabelConfig:
     """`flywheel label`: train (or load) a value function and label every frame with an advantage."""
 
@@ -119,6 +137,8 @@ class LabelConfig:
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     # The seed's estimator (--advantage.estimator=iql); its seed follows value.seed.
     iql: IQLSettings = field(default_factory=IQLSettings)
+    # Optional: measure a policy's conditioning strength on the new labels (--conditioning.policy).
+    conditioning: ConditioningReportConfig = field(default_factory=ConditioningReportConfig)
 
     def __post_init__(self) -> None:
         choices = {
@@ -133,6 +153,9 @@ class LabelConfig:
         fraction = self.threshold.positive_fraction
         if fraction is not None and not 0.0 < fraction < 1.0:
             raise ValueError(f"threshold.positive_fraction: {fraction} is not in (0, 1)")
+        for name in ("frames", "draws"):
+            if getattr(self.conditioning, name) < 1:
+                raise ValueError(f"conditioning.{name}: {getattr(self.conditioning, name)} is not >= 1")
 
 
 @dataclass
@@ -167,7 +190,10 @@ def run_labeling(cfg: LabelConfig) -> Labels:
 
 def _run_labeling(cfg: LabelConfig) -> Labels:
     start = time.perf_counter()
+    policy_config = check_conditioning_policy(cfg.conditioning.policy)  # before any other work
     source = load_source(cfg.dataset.root, cfg.value.use_images)  # validates before anything is written
+    if policy_config is not None:
+        check_policy_features(policy_config, cfg.conditioning.policy, source.info)
     check_output_root(source.root, cfg.output.root, cfg.output.overwrite)
     with tempfile.TemporaryDirectory() as scratch:
         labels, extra_columns, extra_dirs = compute_labels(source, cfg, Path(scratch))
@@ -175,8 +201,114 @@ def _run_labeling(cfg: LabelConfig) -> Labels:
         columns = {**label_columns(labels.values, labels.advantages, labels.positive), **extra_columns}
         write_labeled(source, cfg.output.root, columns, labels.report, extra_dirs)
     labels.report["wall_time_s"] = round(time.perf_counter() - start, 2)
+    if cfg.conditioning.policy is not None:
+        labels.report["conditioning"] = measure_conditioning(cfg)
+        _add_to_labels_file(Path(cfg.output.root), "conditioning", labels.report["conditioning"])
     print_summary(labels, cfg)
     return labels
+
+
+POLICY_FIELD = "conditioning.policy"
+
+
+def check_conditioning_policy(path: Path | None) -> dict | None:
+    """The config.json of `conditioning.policy` (None when unset), or a ValueError naming the field:
+    a folder that is not a saved pi_star_recap with an advantage indicator is refused up front, not
+    found out after the labeling."""
+    if path is None:
+        return None
+    path = Path(path)
+    what = "a pi_star_recap pretrained_model folder"
+    if not path.is_dir():
+        raise ValueError(f"{POLICY_FIELD}: {path} is not a folder (expected {what})")
+    missing = [
+        name
+        for name in ("config.json", "model.safetensors", "policy_preprocessor.json")
+        if not (path / name).is_file()
+    ]
+    if missing:
+        raise ValueError(f"{POLICY_FIELD}: {path} has no {', '.join(missing)} (expected {what})")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{POLICY_FIELD}: {path}/config.json is not readable JSON ({e})") from None
+    if config.get("type") != "pi_star_recap":
+        raise ValueError(
+            f"{POLICY_FIELD}: {path} is a {config.get('type')!r} policy, not pi_star_recap "
+            "(the policy conditioned on the advantage indicator)"
+        )
+    estimator = config.get("advantage_estimator", "recap")
+    if estimator != "recap":
+        raise ValueError(
+            f"{POLICY_FIELD}: {path} has advantage_estimator={estimator!r}: it takes no advantage "
+            "indicator to measure (only 'recap' does)"
+        )
+    return config
+
+
+def check_policy_features(config: dict, path: Path, info: dict) -> None:
+    """The policy's inputs and action must be in the dataset (the same shape for state and action),
+    or the measurement after the labeling could not run."""
+    features = info.get("features", {})
+    wanted = {**config.get("input_features", {}), **config.get("output_features", {})}
+    for key, feature in wanted.items():
+        if key not in features:
+            raise ValueError(f"{POLICY_FIELD}: {path} takes {key!r}, which the dataset does not have")
+        if feature.get("type") in ("STATE", "ACTION"):
+            have, need = tuple(features[key].get("shape", ())), tuple(feature.get("shape", ()))
+            if have != need:
+                raise ValueError(
+                    f"{POLICY_FIELD}: {path} takes {key!r} of shape {list(need)}, "
+                    f"the dataset's is {list(have)}"
+                )
+
+
+def measure_conditioning(cfg: LabelConfig) -> dict:
+    """report_conditioning of `conditioning.policy` on the labeled output (all episodes); a failed
+    measurement is logged and recorded, the labels stay."""
+    from flywheel.policies.pi_star_recap.conditioning import report_conditioning
+
+    c = cfg.conditioning
+    start = time.perf_counter()
+    strength = report_conditioning(
+        c.policy,
+        cfg.output.root,
+        None,
+        max_frames=c.frames,
+        draws=c.draws,
+        seed=cfg.value.seed,
+        sample_actions=c.sample_actions,
+    )
+    entry: dict = {"policy": str(c.policy), "episodes": "all", "max_frames": c.frames}
+    if strength is None:
+        entry["error"] = "not measured (the reason is in the log)"
+    else:
+        entry.update(strength.as_dict())
+    entry["wall_time_s"] = round(time.perf_counter() - start, 2)
+    return entry
+
+
+def _add_to_labels_file(root: Path, key: str, value) -> None:
+    """Add `key` to OUT/meta/recap_labels.json, replaced atomically (the file marks a labeled output)."""
+    path = root / LABELS_FILE
+    report = json.loads(path.read_text())
+    report[key] = value
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(report, indent=2, default=float))
+    os.replace(tmp, path)
+
+
+def conditioning_line(entry: dict) -> str:
+    """One line: what the conditioning numbers mean, and them."""
+    head = f"conditioning (policy {entry['policy']}):"
+    if "error" in entry:
+        return f"{head} {entry['error']}"
+    return (
+        f"{head} loss with flipped indicator minus true, as share of true: "
+        f"{100 * entry['relative_gap']:+.1f}% (true {entry['loss_true']:.4f}, flipped "
+        f"{entry['loss_flipped']:.4f}; {entry['frames']} frames, {entry['positive_frames']} positive, "
+        f"{entry['draws']} draws; about 0: the policy ignores its indicator)"
+    )
 
 
 def task_max_lengths(source: Source, override: int | None) -> dict[str, int]:
@@ -346,6 +478,8 @@ def print_summary(labels: Labels, cfg: LabelConfig) -> None:
             f"bad frames {100 * quality['bad_positive']:.1f}% positive, AUC {quality['auc']:.3f} "
             f"({quality['good_frames']} good / {quality['bad_frames']} bad frames)"
         )
+    if "conditioning" in labels.report:
+        print(conditioning_line(labels.report["conditioning"]))
 
 
 def main(argv: list[str] | None = None) -> int:
