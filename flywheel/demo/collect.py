@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import zmq
@@ -36,6 +36,9 @@ class Collected:
     successes: int
     intervention_frames: int
     takeovers: int = 0  # times the operator took over (pedal pressed) in these episodes
+    # Per episode, in order: the share of its frames the operator drove, and its takeovers.
+    episode_intervention_rates: list[float] = field(default_factory=list)
+    episode_takeovers: list[int] = field(default_factory=list)
     deploy_reply: dict | None = None  # the daemon's answer to the DEPLOY request, when one was sent
 
     @property
@@ -51,6 +54,8 @@ def _summarize(results: list[EpisodeResult], reply: dict | None = None) -> Colle
         successes=sum(r.success for r in kept),
         intervention_frames=sum(r.intervention_frames for r in kept),
         takeovers=sum(r.takeovers for r in kept),
+        episode_intervention_rates=[r.intervention_frames / r.frames if r.frames else 0.0 for r in kept],
+        episode_takeovers=[r.takeovers for r in kept],
         deploy_reply=reply,
     )
 

@@ -1,7 +1,8 @@
 """Configuration of `flywheel demo`: how much data, training and evaluation each stage gets.
 
-The defaults are sized for the budget of issue 7 (about 20 minutes on 2 shared CPU cores);
-`--quick` shrinks them to about 5 minutes (one task). docs/demo.md has the budget plan.
+The defaults are sized for issue 19's budget (at most 20 minutes on 2 CPU cores, 3 seeds, 3 RECAP
+iterations, 50 held-out scenes per task and seed); `--quick` shrinks them to about 5 minutes (one
+task). docs/demo.md has the budget plan and what each stage costs.
 """
 
 from __future__ import annotations
@@ -28,21 +29,20 @@ class DemoConfig:
     tasks: list[str] = field(default_factory=lambda: ["push-v3", "pick-place-v3"])
     # Independent repetitions of the whole flywheel (data, training, evaluation).
     seeds: int = 3
-    # RECAP iterations after the initial SFT (each: rollouts with takeovers, label, train, deploy).
-    # 1 keeps the default run near 20 minutes on 2 cores; each more adds about 2 minutes per seed.
-    iterations: int = 1
-    # Methods to run (subset of sft_all, filtered_sft, awr, recap, recap_cfg, recap_gt, good_only).
+    # RECAP iterations after the initial SFT (each: rollouts with takeovers, label, train, gate,
+    # deploy). The baselines are trained once, on the last iteration's data.
+    iterations: int = 3
+    # Methods to run (recap, and any of sft_all, filtered_sft, awr, recap_cfg, recap_gt, good_only).
     methods: list[str] = field(default_factory=lambda: list(METHODS))
-    # Train the baselines at every iteration ("all") or only on the last iteration's data ("last").
-    baselines_at: str = "last"
 
     # Initial data, per task: operator demos (good = expert + small noise; bad = slow, drift,
     # burst, noisy in turn) and random-policy runs the good operator takes over with the pedal.
     good_demos: int = 8
     bad_demos: int = 16
     takeover_episodes: int = 8
-    # Rollouts of the deployed policy per task and iteration, the good operator at the pedal.
-    rollouts_per_iteration: int = 4
+    # Rollouts of the deployed policy per task and iteration, the good operator at the pedal: the
+    # new data of each iteration, and the episodes its intervention rate is measured on.
+    rollouts_per_iteration: int = 10
     # Episode length limit in steps (failures count as this many steps).
     horizon: int = 150
 
@@ -51,8 +51,9 @@ class DemoConfig:
     # The initial SFT on the first data, shared by every seed and method (the tiny model needs
     # about 1000+ steps to learn a task at all: NOTES.md section 5).
     sft_steps: int = 1000
-    # Each method's own training from the SFT policy, per iteration: same steps for every method.
-    method_steps: int = 150
+    # Each method's training from the iteration-0 policy on all data so far: the same steps for
+    # every method (docs/demo.md: where success stops rising with more).
+    method_steps: int = 1000
     batch_size: int = 32
     # Classifier-free guidance scale of the recap_cfg variant (1 = plain positive conditioning).
     cfg_scale: float = 1.5
@@ -76,7 +77,11 @@ class DemoConfig:
     advantage_dropout: float = 0.1
 
     # Held-out evaluation scenes per task (the same for every method, seed and iteration).
-    eval_episodes: int = 8
+    eval_episodes: int = 50
+    # The gate: scenes per task of its own on which the candidate must not succeed less often
+    # than the deployed policy, by more than gate_tolerance (a share of those scenes).
+    gate_episodes: int = 10
+    gate_tolerance: float = 0.05
     # Write a Rerun recording (.rrd) of the last iteration's labeled episodes.
     rerun: bool = True
 
@@ -93,6 +98,7 @@ class DemoConfig:
                 bad_demos=4,
                 takeover_episodes=2,
                 rollouts_per_iteration=2,
+                gate_episodes=2,
                 horizon=100,
                 sft_steps=120,
                 method_steps=30,
@@ -108,13 +114,20 @@ class DemoConfig:
         unknown = sorted(set(self.methods) - set(METHODS))
         if unknown:
             raise ValueError(f"methods: {unknown} are not among {list(METHODS)}")
-        if "recap_cfg" in self.methods and "recap" not in self.methods:
-            raise ValueError("methods: recap_cfg evaluates the recap model, so it needs recap too")
-        if self.baselines_at not in ("all", "last"):
-            raise ValueError(f"baselines_at: {self.baselines_at!r} is not 'all' or 'last'")
+        if "recap" not in self.methods:
+            raise ValueError(f"methods: {self.methods} must include recap (the flywheel's own policy)")
         if not self.tasks:
             raise ValueError("tasks: at least one task")
-        counts = ("seeds", "good_demos", "eval_episodes", "sft_steps", "method_steps", "horizon", "workers")
+        counts = (
+            "seeds",
+            "good_demos",
+            "eval_episodes",
+            "gate_episodes",
+            "sft_steps",
+            "method_steps",
+            "horizon",
+            "workers",
+        )
         for name in counts:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}: {getattr(self, name)} must be >= 1")
@@ -133,5 +146,7 @@ class DemoConfig:
             raise ValueError(f"recap_positive_share: {self.recap_positive_share} must lie in (0, 1)")
         if not 0.0 <= self.advantage_dropout < 1.0:
             raise ValueError(f"advantage_dropout: {self.advantage_dropout} must lie in [0, 1)")
+        if not 0.0 <= self.gate_tolerance < 1.0:
+            raise ValueError(f"gate_tolerance: {self.gate_tolerance} must lie in [0, 1)")
         if self.cfg_scale < 1.0:
             raise ValueError(f"cfg_scale: {self.cfg_scale} must be >= 1")

@@ -38,7 +38,7 @@ METHOD_TEXT = {
 
 # --- numbers -------------------------------------------------------------------------------------
 def interval(values: list[float]) -> tuple[float, float | None, float | None]:
-    """Mean and Student-t 95% interval over seeds (None with fewer than two values)."""
+    """Mean and Student-t 95% interval (None with fewer than two values)."""
     x = np.asarray(values, dtype=float)
     mean = float(x.mean())
     if len(x) < 2:
@@ -47,111 +47,154 @@ def interval(values: list[float]) -> tuple[float, float | None, float | None]:
     return mean, mean - half, mean + half
 
 
-def _per_seed(evaluations: list[dict]) -> dict[tuple, dict]:
-    """(iteration, method, task, seed) -> metrics, with task 'all' = mean over the tasks."""
-    table: dict[tuple, dict] = {}
-    grouped: dict[tuple, list[dict]] = defaultdict(list)
-    for row in evaluations:
-        table[(row["iteration"], row["method"], row["task"], row["seed"])] = row
-        grouped[(row["iteration"], row["method"], row["seed"])].append(row)
-    for (iteration, method, seed), rows in grouped.items():
-        to_success = [r["mean_steps_to_success"] for r in rows if r["mean_steps_to_success"] is not None]
-        table[(iteration, method, ALL_TASKS, seed)] = {
-            "success_rate": float(np.mean([r["success_rate"] for r in rows])),
-            "mean_steps": float(np.mean([r["mean_steps"] for r in rows])),
-            "mean_steps_to_success": float(np.mean(to_success)) if to_success else None,
-        }
-    return table
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """Wilson 95% interval of a success rate (sound at 0 and 1, where the normal one collapses)."""
+    if n == 0:
+        return float("nan"), float("nan")
+    z, p = 1.959964, successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
 
 
-def _intervention_rates(rollouts: list[dict]) -> dict[tuple, list[float]]:
-    """(iteration, method, task) -> per-seed intervention rates (frames the operator drove)."""
-    frames: dict[tuple, list[int]] = defaultdict(lambda: [0, 0])
-    for row in rollouts:
-        for task in (row["task"], ALL_TASKS):
-            key = (row["iteration"], row["method"], task, row["seed"])
-            frames[key][0] += row["intervention_frames"]
-            frames[key][1] += row["frames"]
-    rates: dict[tuple, list[float]] = defaultdict(list)
-    for (iteration, method, task, _seed), (inter, total) in sorted(frames.items(), key=str):
-        if total:
-            rates[(iteration, method, task)].append(inter / total)
-    return rates
+def pooled(rows: list[dict]) -> dict:
+    """Evaluation rows (any seeds and tasks) as one set of held-out episodes: the success rate with
+    its Wilson interval, steps to success, and steps per episode (failures = horizon) with a normal
+    interval; the per-seed rates alongside, for the spread between seeds."""
+    successes = np.concatenate([np.asarray(r["scene_successes"], dtype=bool) for r in rows])
+    steps = np.concatenate([np.asarray(r["scene_steps"], dtype=float) for r in rows])
+    n, hits = len(successes), int(successes.sum())
+    per_seed: dict = defaultdict(list)
+    for r in rows:
+        per_seed[r["seed"]] += r["scene_successes"]
+    half = 1.96 * float(steps.std(ddof=1)) / np.sqrt(n) if n > 1 else None
+    return {
+        "episodes": n,
+        "seeds": sorted(per_seed, key=str),
+        "success_per_seed": [float(np.mean(per_seed[s])) for s in sorted(per_seed, key=str)],
+        "success_mean": hits / n,
+        "success_ci95": list(wilson(hits, n)),
+        "steps_to_success_mean": float(steps[successes].mean()) if hits else None,
+        "mean_steps_mean": float(steps.mean()),
+        "mean_steps_ci95": [None, None] if half is None else [steps.mean() - half, steps.mean() + half],
+    }
+
+
+def _episode_rates(rows: list[dict]) -> tuple[list[float], list[float]]:
+    """Rollout rows as their episodes: each one's intervention rate and takeovers."""
+    rates = [x for r in rows for x in r.get("episode_intervention_rates", [])]
+    takeovers = [float(x) for r in rows for x in r.get("episode_takeovers", [])]
+    return rates, takeovers
 
 
 def summarize(evaluations: list[dict], rollouts: list[dict]) -> list[dict]:
-    """One row per (iteration, method, task): mean and 95% interval over seeds."""
-    table = _per_seed(evaluations)
-    rates = _intervention_rates(rollouts)
+    """One row per (iteration, method, task), task 'all' pooling the tasks: every seed's held-out
+    episodes pooled (pooled()), and the intervention rate of that policy's rollouts, if deployed."""
+    groups: dict[tuple, list[dict]] = defaultdict(list)
+    for row in evaluations:
+        for task in (row["task"], ALL_TASKS):
+            groups[(row["iteration"], row["method"], task)].append(row)
+    deployed: dict[tuple, list[dict]] = defaultdict(list)
+    for row in rollouts:
+        for task in (row["task"], ALL_TASKS):
+            deployed[(row["iteration"], row["method"], task)].append(row)
     order = list(COLORS)  # sft, then the methods in the order of the issue
-    keys = sorted({k[:3] for k in table}, key=lambda k: (k[0], order.index(k[1]), k[2] != ALL_TASKS, k[2]))
     rows = []
-    for iteration, method, task in keys:
-        seeds = sorted((k[3] for k in table if k[:3] == (iteration, method, task)), key=str)
-        cells = [table[(iteration, method, task, s)] for s in seeds]
-        success = interval([c["success_rate"] for c in cells])
-        steps = interval([c["mean_steps"] for c in cells])
-        to_success = [c["mean_steps_to_success"] for c in cells if c["mean_steps_to_success"] is not None]
-        rate = rates.get((iteration, method, task))
+    for key in sorted(groups, key=lambda k: (k[0], order.index(k[1]), k[2] != ALL_TASKS, k[2])):
+        rates, _ = _episode_rates(deployed.get(key, []))
+        iteration, method, task = key
         rows.append(
             {
                 "iteration": iteration,
                 "method": method,
                 "task": task,
-                "seeds": [s for s in seeds],
-                "success_per_seed": [c["success_rate"] for c in cells],
-                "success_mean": success[0],
-                "success_ci95": [success[1], success[2]],
-                "mean_steps_mean": steps[0],
-                "mean_steps_ci95": [steps[1], steps[2]],
-                "steps_to_success_mean": float(np.mean(to_success)) if to_success else None,
-                "intervention_rate_mean": float(np.mean(rate)) if rate else None,
+                **pooled(groups[key]),
+                "intervention_rate_mean": float(np.mean(rates)) if rates else None,
             }
         )
     return rows
 
 
 def flywheel_curve(results: dict) -> list[dict]:
-    """The deployed policy at each iteration (the SFT at 0, RECAP after), all tasks: its held-out
-    success and steps to success, and in its rollouts with the operator at the pedal, the share of
-    frames the operator drove and the takeovers per episode (mean and 95% interval over seeds)."""
-    per_seed: dict[int, dict] = defaultdict(lambda: defaultdict(lambda: np.zeros(4)))
+    """The deployed policy after each iteration (0: the SFT), all tasks, every seed pooled: its
+    held-out success and steps to success (the evaluation of that seed's deployed version), and in
+    its rollouts with the operator at the pedal, per episode the share of frames the operator
+    drove and the takeovers (mean and 95% interval over the episodes)."""
+    evaluated: dict[tuple, list[dict]] = defaultdict(list)
+    for row in results["evaluations"]:
+        if row.get("version") is not None:
+            evaluated[(row["seed"], row["version"])].append(row)
+    by_iteration: dict[int, list[dict]] = defaultdict(list)
     for row in results["rollouts"]:
-        counts = (row["intervention_frames"], row["frames"], row.get("takeovers", 0), row["episodes"])
-        per_seed[row["iteration"]][row["seed"]] += counts
-    evaluated = {(r["iteration"], r["method"]): r for r in rows_of(results, ALL_TASKS)}
+        by_iteration[row["iteration"]].append(row)
     curve = []
-    for iteration in sorted(per_seed):
-        seeds = per_seed[iteration].values()
-        rate = interval([c[0] / c[1] for c in seeds if c[1]])
-        takeovers = interval([c[2] / c[3] for c in seeds if c[3]])
-        policy = "sft" if iteration == 0 else "recap"
-        row = evaluated.get((iteration, policy))
+    for iteration in sorted(by_iteration):
+        rows = by_iteration[iteration]
+        versions = sorted({(r["seed"], r["version"]) for r in rows}, key=str)
+        evaluations = [e for key in versions for e in evaluated.get(key, [])]
+        rates, takeovers = _episode_rates(rows)
+        rate, per_episode = interval(rates), interval(takeovers)
+        success = pooled(evaluations) if evaluations else None
         curve.append(
             {
                 "iteration": iteration,
-                "policy": policy,
-                "success_mean": row["success_mean"] if row else None,
-                "success_ci95": row["success_ci95"] if row else [None, None],
-                "steps_to_success_mean": row["steps_to_success_mean"] if row else None,
+                "policies": sorted({r["method"] for r in rows}),
+                "versions": [v for _, v in versions],
+                "success_mean": success["success_mean"] if success else None,
+                "success_ci95": success["success_ci95"] if success else [None, None],
+                "success_episodes": success["episodes"] if success else 0,
+                "steps_to_success_mean": success["steps_to_success_mean"] if success else None,
+                "rollout_episodes": len(rates),
                 "intervention_rate_mean": rate[0],
                 "intervention_rate_ci95": [rate[1], rate[2]],
-                "takeovers_per_episode_mean": takeovers[0],
-                "takeovers_per_episode_ci95": [takeovers[1], takeovers[2]],
+                "takeovers_per_episode_mean": per_episode[0],
+                "takeovers_per_episode_ci95": [per_episode[1], per_episode[2]],
             }
         )
     return curve
 
 
+def curve_verdicts(curve: list[dict]) -> list[str]:
+    """The flywheel's two claims, first against last iteration, in plain sentences."""
+    if len(curve) < 2 or curve[0]["success_mean"] is None or curve[-1]["success_mean"] is None:
+        return ["Fewer than two evaluated iterations: no trend to state."]
+    first, last = curve[0], curve[-1]
+    rise = (last["success_mean"] - first["success_mean"]) * 100
+    apart = _apart(first["success_ci95"], last["success_ci95"])
+    lines = [
+        f"- Success from iteration 0 to {last['iteration']}: {first['success_mean']:.2f} -> "
+        f"{last['success_mean']:.2f} ({rise:+.0f} points; the 95% intervals "
+        f"{'do not overlap' if apart else 'overlap: not a reliable difference'})."
+    ]
+    if first["intervention_rate_mean"]:
+        ratio = last["intervention_rate_mean"] / first["intervention_rate_mean"]
+        apart = _apart(first["intervention_rate_ci95"], last["intervention_rate_ci95"])
+        lines.append(
+            f"- Intervention rate: {first['intervention_rate_mean']:.2f} -> "
+            f"{last['intervention_rate_mean']:.2f} ({ratio:.2f} of the first; the 95% intervals "
+            f"{'do not overlap' if apart else 'overlap: not a reliable difference'})."
+        )
+    return lines
+
+
+def _apart(a: list, b: list) -> bool:
+    """Two intervals that do not overlap (unknown ones are not called apart)."""
+    if None in a or None in b:
+        return False
+    return a[1] < b[0] or b[1] < a[0]
+
+
 def curve_table(curve: list[dict]) -> list[str]:
     lines = [
-        "| iteration | deployed policy | success (held-out) | 95% interval | steps to success "
-        "| intervention rate | 95% interval | takeovers per episode | 95% interval |",
+        "| iteration | deployed (versions per seed) | success (held-out) | 95% interval "
+        "| steps to success | intervention rate | 95% interval | takeovers per episode "
+        "| 95% interval |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in curve:
+        deployed = f"{'/'.join(r['policies'])} (v{', v'.join(str(v) for v in r['versions'])})"
         lines.append(
-            f"| {r['iteration']} | {r['policy']} | {_fmt(r['success_mean'])} | {_ci(r['success_ci95'])} "
+            f"| {r['iteration']} | {deployed} | {_fmt(r['success_mean'])} | {_ci(r['success_ci95'])} "
             f"| {_fmt(r['steps_to_success_mean'], 1)} | {_fmt(r['intervention_rate_mean'])} "
             f"| {_ci(r['intervention_rate_ci95'])} | {_fmt(r['takeovers_per_episode_mean'])} "
             f"| {_ci(r['takeovers_per_episode_ci95'])} |"
@@ -196,15 +239,15 @@ def rows_of(results: dict, task: str, iteration: int | None = None) -> list[dict
 
 def results_table(rows: list[dict]) -> list[str]:
     lines = [
-        "| iteration | method | success (mean) | 95% interval | per seed | steps to success "
+        "| iteration | method | success | 95% interval | episodes | per seed | steps to success "
         "| steps (failures = horizon) | intervention rate |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         per_seed = " ".join(f"{s:.2f}" for s in r["success_per_seed"])
         lines.append(
             f"| {r['iteration']} | {r['method']} | {r['success_mean']:.2f} | {_ci(r['success_ci95'])} "
-            f"| {per_seed} | {_fmt(r['steps_to_success_mean'], 1)} "
+            f"| {r['episodes']} | {per_seed} | {_fmt(r['steps_to_success_mean'], 1)} "
             f"| {r['mean_steps_mean']:.1f} {_ci(r['mean_steps_ci95'])} "
             f"| {_fmt(r['intervention_rate_mean'])} |"
         )
@@ -212,61 +255,73 @@ def results_table(rows: list[dict]) -> list[str]:
 
 
 def verdicts(results: dict) -> list[str]:
-    """RECAP against every other method on the last iteration, all tasks: plain sentences."""
+    """RECAP (and RECAP+CFG) against every other method on the last iteration, all tasks, in plain
+    sentences: a difference is called real only when the 95% intervals do not overlap."""
     last = max((r["iteration"] for r in results["summary"]), default=0)
     rows = {r["method"]: r for r in rows_of(results, ALL_TASKS, last)}
     if "recap" not in rows:
         return ["RECAP was not run."]
-    recap = rows["recap"]
     lines = []
-    for method, other in rows.items():
-        if method == "recap":
+    for mine in ("recap", "recap_cfg"):
+        if mine not in rows:
             continue
-        diff = recap["success_mean"] - other["success_mean"]
-        lo, hi = other["success_ci95"]
-        overlap = (
-            recap["success_ci95"][0] is None
-            or lo is None
-            or not (recap["success_ci95"][0] > hi or recap["success_ci95"][1] < lo)
-        )
-        if abs(diff) < 0.005:
-            gap = f"level with {method}"
-        else:
-            gap = f"{abs(diff) * 100:.0f} points of success {'above' if diff > 0 else 'below'} {method}"
-        sure = " (the 95% intervals overlap: not a reliable difference)" if overlap else ""
-        lines.append(
-            f"- RECAP is {gap} "
-            f"({recap['success_mean']:.2f} vs {other['success_mean']:.2f}){sure}; "
-            f"steps {recap['mean_steps_mean']:.1f} vs {other['mean_steps_mean']:.1f}."
-        )
+        ours = rows[mine]
+        for method, other in rows.items():
+            if method in ("recap", "recap_cfg"):
+                continue
+            diff = ours["success_mean"] - other["success_mean"]
+            gap = (
+                f"level with {method}"
+                if abs(diff) < 0.005
+                else f"{abs(diff) * 100:.0f} points {'above' if diff > 0 else 'below'} {method}"
+            )
+            sure = (
+                "the intervals do not overlap"
+                if _apart(ours["success_ci95"], other["success_ci95"])
+                else "the intervals overlap: not a reliable difference"
+            )
+            pairs = zip(ours["success_per_seed"], other["success_per_seed"], strict=False)
+            seeds = sum(a > b for a, b in pairs)
+            lines.append(
+                f"- {mine} is {gap} in success ({ours['success_mean']:.2f} vs {other['success_mean']:.2f}; "
+                f"{sure}; ahead in {seeds} of {len(ours['success_per_seed'])} seeds); steps to success "
+                f"{_fmt(ours['steps_to_success_mean'], 1)} vs {_fmt(other['steps_to_success_mean'], 1)}."
+            )
     return lines
 
 
 def markdown(results: dict, figures: list[str], rerun: str | None) -> str:
     cfg = results["config"]
     last = max((r["iteration"] for r in results["summary"]), default=0)
+    curve = flywheel_curve(results)
     lines = [
         "# flywheel demo: report",
         "",
         f"Tasks {', '.join(cfg['tasks'])}; {cfg['seeds']} seeds; {cfg['iterations']} RECAP iteration(s); "
-        f"{cfg['eval_episodes']} held-out scenes per task; horizon {cfg['horizon']}; "
-        f"{cfg['method_steps']} training steps per method (batch {cfg['batch_size']}) from a shared "
-        f"{cfg['sft_steps']}-step SFT. Quick: {cfg['quick']}.",
+        f"{cfg['eval_episodes']} held-out scenes per task and seed; horizon {cfg['horizon']}; "
+        f"{cfg['rollouts_per_iteration']} rollouts per task and iteration; {cfg['method_steps']} "
+        f"training steps per method (batch {cfg['batch_size']}) from a shared {cfg['sft_steps']}-step "
+        f"SFT. Quick: {cfg['quick']}.",
         f"Wall time {results['wall_time_s']:.0f} s on {results['cpu_count']} CPUs "
         f"(load average at the end {', '.join(f'{x:.1f}' for x in results['load_average'])}).",
         "",
-        "Success and steps are means over seeds of each seed's rate on the held-out scenes; the 95% "
-        "interval is Student's t over seeds. Steps count failures as the horizon (lower is better). "
-        "The intervention rate is the share of frames the simulated operator drove in the rollouts "
-        "of the deployed policy (RECAP without CFG; the baselines are not deployed).",
+        "Success pools every seed's held-out episodes (seeds x scenes x tasks); its 95% interval is "
+        "Wilson's over those episodes, and the per-seed rates show the spread between seeds. Steps "
+        "count failures as the horizon (lower is better). The intervention rate is the share of "
+        "frames the simulated operator drove in the rollouts of the deployed policy, its interval "
+        "Student's t over those episodes.",
         "",
         "## The flywheel: the deployed policy, iteration by iteration",
         "",
-        "Held-out success of the policy deployed at each iteration (iteration 0: the shared SFT, "
-        "evaluated once; after: that seed's RECAP policy), and in its rollouts with the simulated "
+        "Held-out success of the policy deployed after each iteration (0: the shared SFT; after: "
+        "each seed's RECAP policy if it passed the gate), and in its rollouts with the simulated "
         "operator at the pedal, the share of frames the operator drove and how often it took over.",
         "",
-        *curve_table(flywheel_curve(results)),
+        *curve_table(curve),
+        "",
+        *curve_verdicts(curve),
+        "",
+        *gate_lines(results),
         "",
         f"## Last iteration ({last}), all tasks",
         "",
@@ -285,9 +340,22 @@ def markdown(results: dict, figures: list[str], rerun: str | None) -> str:
     lines += ["## Methods", ""] + [f"- `{m}`: {t}" for m, t in METHOD_TEXT.items()] + [""]
     lines += ["## Hot-swaps", "", *hotswap_lines(results), ""]
     lines += ["## Figures", ""] + [f"![{name}](figures/{name})" for name in figures] + [""]
-    lines += ["## Time per stage (s)", ""] + [f"- {k}: {v:.0f}" for k, v in results["timings_s"].items()]
+    lines += ["## Time per stage (s, summed over processes)", ""]
+    lines += [f"- {k}: {v:.0f}" for k, v in results["timings_s"].items()]
     lines += ["", f"Rerun recording: `{rerun}`" if rerun else "Rerun recording: not written.", ""]
     return "\n".join(lines)
+
+
+def gate_lines(results: dict) -> list[str]:
+    gates = results.get("gates") or []
+    if not gates:
+        return []
+    passed = sum(g["passed"] for g in gates)
+    refused = [f"seed {g['seed']} iteration {g['iteration']}" for g in gates if not g["passed"]]
+    return [
+        f"The gate passed {passed} of {len(gates)} candidates (each against the deployed policy on "
+        f"{gates[0]['scenes']} scenes of its own)" + (f"; refused: {', '.join(refused)}." if refused else ".")
+    ]
 
 
 def label_lines(results: dict) -> list[str]:
@@ -487,7 +555,7 @@ def check_results(results: dict, out: Path) -> list[str]:
         problems.append("summary: differs from the summary recomputed from the evaluations")
     seeds = list(range(results["config"]["seeds"]))
     for row in results["summary"]:
-        expected = [None] if row["method"] == "sft" else seeds
+        expected = seeds
         if row["seeds"] != expected:
             problems.append(
                 f"summary {row['method']}/{row['task']}: seeds {row['seeds']}, expected {expected}"

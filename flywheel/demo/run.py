@@ -3,16 +3,22 @@
     initial data   operator demos of mixed quality + random-policy runs the good operator takes
                    over, recorded by the rollout daemon (lockstep, in-process)
     iteration 0    SFT of pi_star_recap (tiny) on the initial data: the shared starting policy
-    per seed, iteration k = 1..K:
+    per seed, a chain of iterations k = 1..K (one job):
         rollouts   the deployed policy, hot-swapped into the daemon over ZeroMQ; the simulated good
                    operator takes over with the pedal when the arm stalls or drifts
-        label      value function, advantages, indicator (flywheel.recap); IQL for AWR
-        train      every method from the iteration-0 policy, same data, same steps
-        evaluate   held-out scenes: success, steps to success, steps with failures = horizon
-    the last deployed policy runs one more batch of rollouts: its intervention rate
+        label      value function, advantages, indicator (flywheel.recap)
+        train      RECAP from the iteration-0 policy on all data so far (as the paper retrains from
+                   its pre-trained model each iteration)
+        evaluate   held-out scenes: success, steps to success (failures = horizon)
+        gate       the candidate is deployed only if, on gate scenes of their own, it is not worse
+        the last deployed policy runs one more batch of rollouts: its intervention rate
+    per seed and baseline (one job each, once the seed's chain is done): the other methods on the
+                   last iteration's data, from the same iteration-0 policy, same steps, evaluated
     report         results.json, report.md, figures/*.png, demo.rrd (docs/demo.md)
 
-Entry point: `demo_main(DemoConfig) -> int` (0 done, 2 bad configuration or output folder).
+Jobs run in `workers` processes (both cores); the chains go first, each seed's baselines as soon
+as its chain is done. Entry point: `demo_main(DemoConfig) -> int` (0 done, 2 bad configuration or
+output folder).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import os
 import shutil
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +41,7 @@ from tqdm import tqdm
 
 from flywheel.demo import baselines as bl
 from flywheel.demo import collect
-from flywheel.demo.config import DemoConfig
+from flywheel.demo.config import METHODS, DemoConfig
 from flywheel.demo.report import (
     ALL_TASKS,
     check_results,
@@ -56,6 +62,7 @@ SCHEMA_VERSION = 1
 # Scene seeds: initial data, rollouts and evaluation never share a scene.
 INITIAL_SCENES = 0
 ROLLOUT_SCENES = 10_000
+GATE_SCENES = 200_000  # the gate's own scenes: the reported evaluation uses EVAL_SEED_OFFSET (100000+)
 
 
 @dataclass
@@ -68,17 +75,19 @@ class Run:
     rollouts: list[dict] = field(default_factory=list)
     labels: list[dict] = field(default_factory=list)
     hotswaps: list[dict] = field(default_factory=list)
+    gates: list[dict] = field(default_factory=list)
     data: list[dict] = field(default_factory=list)
     timings_s: dict[str, float] = field(default_factory=dict)
     figures: list[str] = field(default_factory=list)
     rerun: str | None = None
+    chain_of: int | None = None  # the seed, in the Run a seed's chain returns
 
     def time(self, stage: str, seconds: float) -> None:
         self.timings_s[stage] = round(self.timings_s.get(stage, 0.0) + seconds, 2)
 
     def absorb(self, part: Run) -> None:
         """Add one seed's results, run in another process (stage times add up over processes)."""
-        for name in ("evaluations", "rollouts", "labels", "hotswaps", "data"):
+        for name in ("evaluations", "rollouts", "labels", "hotswaps", "gates", "data"):
             rows = getattr(self, name)
             rows.extend(getattr(part, name))
             rows.sort(key=_seed_order)  # completion order varies; results.json does not
@@ -86,9 +95,13 @@ class Run:
             self.time(stage_name, seconds)
 
 
-def _seed_order(row: dict) -> tuple[int, int]:
-    """Shared rows (seed None: the initial data, the iteration-0 SFT) first, then by seed; stable."""
-    return (0, 0) if row.get("seed") is None else (1, int(row["seed"]))
+def _seed_order(row: dict) -> tuple:
+    """Shared rows (seed None: the initial data) first, then by seed, iteration and method (the
+    order jobs finish in varies; results.json does not)."""
+    seed = -1 if row.get("seed") is None else int(row["seed"])
+    method = row.get("method") or row.get("estimator") or ""
+    order = list(METHODS).index(method) if method in METHODS else -1
+    return (seed, row.get("iteration", 0), order, str(row.get("task", "")))
 
 
 def demo_main(cfg: DemoConfig) -> int:
@@ -144,8 +157,8 @@ def run_demo(cfg: DemoConfig, out: Path) -> dict:
     run.data.append({"seed": None, "iteration": 0, **dataset_counts(load_source(initial))})
     with stage(run, "train sft (iteration 0)"):
         sft0 = train_sft0(cfg, initial, out / "sft0")
-    evaluate(cfg, run, out / "eval" / "sft0", sft0, "sft", None, 0)
-    for part in tqdm(seed_runs(cfg, out, initial, sft0), total=cfg.seeds, desc="demo seeds", unit="seed"):
+    jobs = cfg.seeds * len(cfg.methods)  # a chain per seed (recap), a job per other method and seed
+    for part in tqdm(run_jobs(cfg, out, initial, sft0), total=jobs, desc="demo jobs", unit="job"):
         run.absorb(part)
         save_results(run, out, time.perf_counter() - start)  # partial results survive a crash
     results = save_results(run, out, time.perf_counter() - start)
@@ -194,44 +207,62 @@ def train_sft0(cfg: DemoConfig, initial: Path, out: Path) -> Path:
     return bl.train(initial, base, bl.sft_weights(source), out / "train", cfg.sft_steps, cfg.batch_size, 0)
 
 
-# --- one seed of the flywheel --------------------------------------------------------------------
-def seed_runs(cfg: DemoConfig, out: Path, initial: Path, sft0: Path) -> Iterator[Run]:
-    """Each seed's results as it finishes. Seeds are independent (own data, models, scenes), so
-    `workers` processes run them side by side, each with `torch_threads` threads: the tiny model
-    gains little from a second thread, a second seed uses the second core fully."""
-    jobs = [(cfg, out / f"seed{seed}", seed, initial, sft0) for seed in range(cfg.seeds)]
-    workers = min(cfg.workers, cfg.seeds)
-    if workers <= 1:
-        yield from (run_seed_alone(*job) for job in jobs)
+# --- jobs: each seed's chain of iterations, then its baselines ----------------------------------
+def run_jobs(cfg: DemoConfig, out: Path, initial: Path, sft0: Path) -> Iterator[Run]:
+    """Every job's Run as it finishes: the seeds' chains first, each seed's baselines once its chain
+    is done. `workers` processes, each with `torch_threads` threads: the tiny model gains little
+    from a second thread, a second job uses the second core fully."""
+    chains = [(seed_chain, cfg, out / f"seed{seed}", seed, initial, sft0) for seed in range(cfg.seeds)]
+    if cfg.workers <= 1:
+        pending = list(chains)
+        while pending:
+            job = pending.pop(0)
+            part = job[0](*job[1:])
+            pending += baseline_jobs(cfg, out, part, sft0)
+            yield part
         return
     # spawn, not fork: torch and MuJoCo's EGL context must not be inherited half-initialised.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+    with ProcessPoolExecutor(cfg.workers, mp_context=context, initializer=torch.set_num_threads,
                              initargs=(cfg.torch_threads,)) as pool:  # fmt: skip
-        futures = [pool.submit(run_seed_alone, *job) for job in jobs]
-        for future in as_completed(futures):
-            yield future.result()
+        running = {pool.submit(*job) for job in chains}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                part = future.result()
+                running |= {pool.submit(*job) for job in baseline_jobs(cfg, out, part, sft0)}
+                yield part
 
 
-def run_seed_alone(cfg: DemoConfig, folder: Path, seed: int, initial: Path, sft0: Path) -> Run:
-    """One seed's flywheel into a Run of its own (picklable: it comes back from a worker)."""
-    # The policy's sampling noise comes from torch's global generator: seeded here, a seed gives the
-    # same results whether it runs in a worker or after other seeds in this process.
-    torch.manual_seed(seed)
-    part = Run(config={})
-    run_seed(cfg, part, folder, seed, initial, sft0)
-    return part
+def baseline_jobs(cfg: DemoConfig, out: Path, part: Run, sft0: Path) -> list[tuple]:
+    """After a seed's chain: one job per baseline on its last data (none after a baseline job)."""
+    if part.chain_of is None:
+        return []
+    seed = part.chain_of
+    methods = [m for m in cfg.methods if m not in ("recap",)]
+    return [(baseline, cfg, out / f"seed{seed}", seed, method, sft0) for method in methods]
 
 
-def run_seed(cfg: DemoConfig, run: Run, folder: Path, seed: int, initial: Path, sft0: Path) -> None:
+def _job_seed(seed: int, method: str = "recap") -> None:
+    """The policy's sampling noise comes from torch's global generator: seeded per job, a job gives
+    the same results whichever process runs it, in whatever order."""
+    torch.manual_seed(1000 * seed + list(METHODS).index(method))
+
+
+def seed_chain(cfg: DemoConfig, folder: Path, seed: int, initial: Path, sft0: Path) -> Run:
+    """One seed's flywheel: the iteration-0 policy evaluated, then K iterations of rollouts, label,
+    train, evaluate, gate; the last deployed policy's rollouts."""
+    _job_seed(seed)
+    run = Run(config={}, chain_of=seed)
     registry = ModelRegistry(folder / "models")
     deployed = registry.publish(sft0, kind="sft").version
+    evaluate(cfg, run, folder / "eval" / "sft0", sft0, "sft", seed, 0, deployed)
     acting: int | None = None
     previous = initial
     for k in range(1, cfg.iterations + 2):
         root = folder / "data" / f"iter{k}"
         shutil.copytree(previous, root)
-        method = "sft" if k == 1 else "recap"
+        method = "sft" if deployed == 1 else "recap"
         with stage(run, "rollouts"):
             rollouts(cfg, run, root, seed, k - 1, method, registry, deployed, acting)
         acting = deployed
@@ -241,6 +272,7 @@ def run_seed(cfg: DemoConfig, run: Run, folder: Path, seed: int, initial: Path, 
         run.data.append({"seed": seed, "iteration": k, **dataset_counts(source)})
         deployed = iterate(cfg, run, folder / f"iter{k}", seed, k, root, source, sft0, registry, deployed)
         previous = root
+    return run
 
 
 def rollouts(
@@ -282,6 +314,8 @@ def rollouts(
                 "intervention_frames": got.intervention_frames,
                 "intervention_rate": got.intervention_rate,
                 "takeovers": got.takeovers,
+                "episode_intervention_rates": got.episode_intervention_rates,
+                "episode_takeovers": got.episode_takeovers,
             }
         )
 
@@ -298,43 +332,76 @@ def iterate(
     registry: ModelRegistry,
     deployed: int,
 ) -> int:
-    """One RECAP iteration (label, train, publish) plus the baselines on the same data."""
-    with_baselines = cfg.baselines_at == "all" or k == cfg.iterations
-    trained = [m for m in bl.TRAINED if m in cfg.methods and (m == "recap" or with_baselines)]
-    labeled = folder / "labeled"
+    """One RECAP iteration: label, train from the iteration-0 policy, evaluate, gate, publish.
+    Returns the version deployed for the next iteration's rollouts."""
     with stage(run, "label (recap)"):
-        labels = label(cfg, root, labeled, seed, "recap")
+        labels = label(cfg, root, folder / "labeled", seed, "recap")
     run.labels.append({"seed": seed, "iteration": k, "estimator": "recap", **label_summary(labels)})
-    if k == cfg.iterations and seed == 0:
-        save_label_arrays(folder.parent.parent / "labels_last.npz", source, labels)
-    iql_adv = None
-    if "awr" in trained:
-        with stage(run, "label (iql)"):
-            iql = label(cfg, root, folder / "labeled_iql", seed, "iql")
-        run.labels.append({"seed": seed, "iteration": k, "estimator": "iql", **label_summary(iql)})
-        iql_adv = iql.advantages
-    indicator = {"recap": labels.positive}
-    if "recap_gt" in trained:
-        bl.write_ground_truth_labels(source, labels, folder / "labeled_gt")
-        indicator["recap_gt"] = bl.ground_truth_positive(source)
-    for method in tqdm(trained, desc=f"seed {seed} iteration {k} train", unit="method"):
-        conditioned_on = folder / ("labeled_gt" if method == "recap_gt" else "labeled")
-        data = bl.method_data(
-            method, source, conditioned_on, iql_adv, indicator.get(method), cfg.recap_positive_share
+    if k == cfg.iterations:
+        if seed == 0:
+            save_label_arrays(folder.parent.parent / "labels_last.npz", source, labels)
+        if "recap_gt" in cfg.methods:  # the ground-truth twin of these labels, for its baseline job
+            bl.write_ground_truth_labels(source, labels, folder / "labeled_gt")
+    share = cfg.recap_positive_share
+    data = bl.method_data("recap", source, folder / "labeled", None, labels.positive, share)
+    with stage(run, "train recap"):
+        policy = bl.train(
+            data.dataset_root, sft0, data.weights, folder / "recap", cfg.method_steps, cfg.batch_size, seed
         )
-        with stage(run, f"train {method}"):
-            policy = bl.train(
-                data.dataset_root, sft0, data.weights, folder / method, cfg.method_steps, cfg.batch_size, seed
-            )
-        if method == "recap":
-            deployed = registry.publish(policy, parent=deployed, kind="recap").version
-            evaluate(cfg, run, folder / "eval" / method, policy, method, seed, k)
-            if "recap_cfg" in cfg.methods:
-                guided = bl.with_cfg_scale(policy, folder / "recap_cfg", cfg.cfg_scale)
-                evaluate(cfg, run, folder / "eval" / "recap_cfg", guided, "recap_cfg", seed, k)
-        else:
-            evaluate(cfg, run, folder / "eval" / method, policy, method, seed, k)
-    return deployed
+    candidate = registry.publish(policy, parent=deployed, kind="recap").version
+    evaluate(cfg, run, folder / "eval" / "recap", policy, "recap", seed, k, candidate)
+    with stage(run, "gate"):
+        decision = gate(cfg, registry, deployed, candidate)
+    run.gates.append({"seed": seed, "iteration": k, "current": deployed, "candidate": candidate, **decision})
+    return candidate if decision["passed"] else deployed
+
+
+def gate(cfg: DemoConfig, registry: ModelRegistry, current: int, candidate: int) -> dict:
+    """The trainer's sim gate (trainer/gate.py's rule): the candidate goes out unless it succeeds
+    on fewer of the gate scenes, which neither training nor the reported evaluation uses."""
+    successes = {}
+    for name, version in (("current", current), ("candidate", candidate)):
+        outcomes = [
+            o
+            for task in cfg.tasks
+            for o in scenes_batched(
+                registry.path(version), task, cfg.gate_episodes, GATE_SCENES, cfg.horizon, DEFAULT_BATCH_SIZE
+            ).outcomes
+        ]
+        successes[name] = sum(o.success for o in outcomes)
+    scenes = cfg.gate_episodes * len(cfg.tasks)
+    passed = successes["candidate"] >= successes["current"] - round(cfg.gate_tolerance * scenes)
+    return {"passed": passed, "scenes": scenes, **{f"{k}_successes": v for k, v in successes.items()}}
+
+
+def baseline(cfg: DemoConfig, folder: Path, seed: int, method: str, sft0: Path) -> Run:
+    """One method on the seed's last iteration's data, from the iteration-0 policy, the same steps
+    as RECAP; recap_cfg is the last RECAP model evaluated with guidance."""
+    _job_seed(seed, method)
+    run = Run(config={})
+    k = cfg.iterations
+    last = folder / f"iter{k}"
+    if method == "recap_cfg":
+        guided = bl.with_cfg_scale(last / "recap" / "pretrained_model", last / "recap_cfg", cfg.cfg_scale)
+        evaluate(cfg, run, last / "eval" / method, guided, method, seed, k)
+        return run
+    source = load_source(folder / "data" / f"iter{k}")
+    iql_advantages, positive = None, None
+    if method == "awr":
+        with stage(run, "label (iql)"):
+            iql = label(cfg, source.root, last / "labeled_iql", seed, "iql")
+        run.labels.append({"seed": seed, "iteration": k, "estimator": "iql", **label_summary(iql)})
+        iql_advantages = iql.advantages
+    if method == "recap_gt":
+        positive = bl.ground_truth_positive(source)
+    conditioned_on = last / ("labeled_gt" if method == "recap_gt" else "labeled")
+    data = bl.method_data(method, source, conditioned_on, iql_advantages, positive, cfg.recap_positive_share)
+    with stage(run, f"train {method}"):
+        policy = bl.train(
+            data.dataset_root, sft0, data.weights, last / method, cfg.method_steps, cfg.batch_size, seed
+        )
+    evaluate(cfg, run, last / "eval" / method, policy, method, seed, k)
+    return run
 
 
 def label(cfg: DemoConfig, root: Path, out: Path, seed: int, estimator: str) -> Labels:
@@ -352,7 +419,14 @@ def label(cfg: DemoConfig, root: Path, out: Path, seed: int, estimator: str) -> 
 
 
 def evaluate(
-    cfg: DemoConfig, run: Run, folder: Path, policy: Path, method: str, seed: int | None, iteration: int
+    cfg: DemoConfig,
+    run: Run,
+    folder: Path,
+    policy: Path,
+    method: str,
+    seed: int,
+    iteration: int,
+    version: int | None = None,
 ) -> None:
     """Every task's held-out scenes, many at a time (trainer/evaluate_batched.py: the daemon's scenes
     and rules); each scene's outcome goes to folder/<task>.json."""
@@ -366,7 +440,17 @@ def evaluate(
         (folder / f"{task}.json").write_text(json.dumps([asdict(o) for o in scenes.outcomes]))
         run.time("evaluate", time.perf_counter() - began)
         run.evaluations.append(
-            {"seed": seed, "iteration": iteration, "method": method, "task": task, **_finite(asdict(result))}
+            {
+                "seed": seed,
+                "iteration": iteration,
+                "method": method,
+                "task": task,
+                "version": version,
+                **_finite(asdict(result)),
+                # per scene, for intervals pooled over seeds and scenes (report.py)
+                "scene_successes": [bool(o.success) for o in scenes.outcomes],
+                "scene_steps": [o.steps if o.success else cfg.horizon for o in scenes.outcomes],
+            }
         )
         log.info("%s seed %s iteration %d %s: %s", method, seed, iteration, task, result.line())
 
@@ -430,6 +514,7 @@ def save_results(run: Run, out: Path, wall_time_s: float) -> dict:
         "rollouts": run.rollouts,
         "labels": run.labels,
         "hotswaps": run.hotswaps,
+        "gates": run.gates,
         "summary": summarize(run.evaluations, run.rollouts),
         "figures": run.figures,
         "rerun": run.rerun,

@@ -14,7 +14,7 @@ import pytest
 
 from flywheel.demo import DemoConfig, demo_main
 from flywheel.demo.baselines import ground_truth_positive
-from flywheel.demo.report import check_results, flywheel_curve, interval, summarize
+from flywheel.demo.report import check_results, curve_verdicts, flywheel_curve, interval, summarize, wilson
 from flywheel.demo.run import prepare_out_dir, run_demo
 from flywheel.recap.indicator_balance import labels_of
 from flywheel.recap.source import load_source
@@ -57,6 +57,12 @@ def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
     assert 0 < positive.mean() < 1
     # Every rollout batch got its version over ZeroMQ and the daemon swapped it in.
     assert on_disk["hotswaps"] and all(s["status"] == "swapped" for s in on_disk["hotswaps"])
+    # every seed's candidate went through the gate, and the curve follows what it decided
+    assert [g["seed"] for g in on_disk["gates"]] == [0, 1]
+    curve = flywheel_curve(on_disk)
+    for gate in on_disk["gates"]:
+        kept = gate["candidate"] if gate["passed"] else gate["current"]
+        assert kept in curve[-1]["versions"]
     report = (out / "report.md").read_text()
     for name in on_disk["figures"]:
         assert f"figures/{name}" in report and (out / "figures" / name).stat().st_size > 1000
@@ -67,10 +73,11 @@ def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_seeds_in_worker_processes_give_the_results_of_one_process(tmp_path):
-    """`workers` only changes where a seed runs, never what it measures."""
+    """`workers` only changes where a job runs, never what it measures."""
 
     def measured(workers: int) -> dict:
-        cfg = replace(_tiny(tmp_path / f"demo{workers}"), workers=workers, methods=["recap"])
+        methods = ["recap", "filtered_sft"]  # a chain and a baseline job per seed
+        cfg = replace(_tiny(tmp_path / f"demo{workers}"), workers=workers, methods=methods)
         results = run_demo(cfg, prepare_out_dir(cfg))
         return {key: _without_times(results[key]) for key in ("evaluations", "rollouts", "labels", "data")}
 
@@ -133,57 +140,68 @@ def test_interval_is_students_t_over_seeds():
     assert interval([0.5]) == (0.5, None, None)
 
 
-def test_summary_averages_tasks_within_a_seed_then_seeds():
-    def row(seed, task, success, steps):
-        return {
-            "seed": seed,
-            "iteration": 1,
-            "method": "recap",
-            "task": task,
-            "success_rate": success,
-            "mean_steps": steps,
-            "mean_steps_to_success": 50.0 if success else None,
-            "horizon": 100,
-            "episodes": 4,
-        }
+def test_wilson_interval():
+    assert wilson(30, 60) == pytest.approx((0.3773, 0.6227), abs=1e-4)
+    low, high = wilson(0, 50)
+    assert low == pytest.approx(0.0, abs=1e-12) and high == pytest.approx(0.0713, abs=1e-4)
 
+
+def _evaluation(seed, iteration, method, task, successes, version=None, horizon=100):
+    steps = [50 if s else horizon for s in successes]
+    return {"seed": seed, "iteration": iteration, "method": method, "task": task, "version": version,
+            "success_rate": float(np.mean(successes)), "scene_successes": successes,
+            "scene_steps": steps, "horizon": horizon, "episodes": len(successes)}  # fmt: skip
+
+
+def test_summary_pools_the_episodes_of_every_seed_and_task():
     evaluations = [
-        row(0, "a", 1.0, 50.0),
-        row(0, "b", 0.0, 100.0),
-        row(1, "a", 0.5, 75.0),
-        row(1, "b", 0.5, 75.0),
+        _evaluation(0, 1, "recap", "a", [True, True, True, True]),
+        _evaluation(0, 1, "recap", "b", [False, False, False, False]),
+        _evaluation(1, 1, "recap", "a", [True, False, True, False]),
+        _evaluation(1, 1, "recap", "b", [True, True, False, False]),
     ]
     rollouts = [
-        {"seed": 0, "iteration": 1, "method": "recap", "task": "a", "frames": 100, "intervention_frames": 10},
-        {"seed": 0, "iteration": 1, "method": "recap", "task": "b", "frames": 300, "intervention_frames": 30},
+        {"seed": 0, "iteration": 1, "method": "recap", "task": "a", "episode_intervention_rates": [0.1, 0.3]},
+        {"seed": 0, "iteration": 1, "method": "recap", "task": "b", "episode_intervention_rates": [0.2]},
     ]
     summary = {r["task"]: r for r in summarize(evaluations, rollouts)}
-    assert summary["all"]["success_per_seed"] == [0.5, 0.5]
-    assert summary["all"]["mean_steps_mean"] == pytest.approx(75.0)
-    assert summary["a"]["success_mean"] == pytest.approx(0.75)
-    assert summary["all"]["intervention_rate_mean"] == pytest.approx(0.1)
+    every = summary["all"]
+    assert every["episodes"] == 16 and every["success_mean"] == pytest.approx(8 / 16)
+    assert every["success_ci95"] == pytest.approx(list(wilson(8, 16)))
+    assert every["success_per_seed"] == [0.5, 0.5]
+    assert every["mean_steps_mean"] == pytest.approx(75.0)
+    assert every["steps_to_success_mean"] == pytest.approx(50.0)
+    assert summary["a"]["success_mean"] == pytest.approx(0.75) and summary["a"]["episodes"] == 8
+    assert every["intervention_rate_mean"] == pytest.approx(0.2)
+    assert summary["b"]["intervention_rate_mean"] == pytest.approx(0.2)
 
 
-def test_flywheel_curve_follows_the_deployed_policy_over_iterations():
-    def rollout(seed, iteration, interventions, takeovers):
+def test_flywheel_curve_follows_the_deployed_version_over_iterations():
+    """Iteration k's row is the version each seed deployed after k: a candidate the gate refused
+    (seed 1 at iteration 2) leaves the earlier version in place, and its numbers with it."""
+    deployed = {(0, 0): 1, (0, 1): 2, (0, 2): 3, (1, 0): 1, (1, 1): 2, (1, 2): 2}
+
+    def rollout(seed, iteration):
+        rate = 0.5 - 0.2 * iteration + 0.05 * seed
         method = "sft" if iteration == 0 else "recap"
-        return {"seed": seed, "iteration": iteration, "task": "push-v3", "method": method, "episodes": 4,
-                "frames": 400, "intervention_frames": interventions, "takeovers": takeovers}  # fmt: skip
+        return {"seed": seed, "iteration": iteration, "task": "push-v3", "method": method,
+                "version": deployed[(seed, iteration)], "episode_intervention_rates": [rate, rate + 0.1],
+                "episode_takeovers": [3 - iteration, 2]}  # fmt: skip
 
-    def evaluation(seed, iteration, method, success):
-        steps = 50.0 if success else None
-        return {"seed": seed, "iteration": iteration, "method": method, "task": "push-v3",
-                "success_rate": success, "mean_steps": 100.0 if success else 150.0,
-                "mean_steps_to_success": steps, "horizon": 150, "episodes": 4}  # fmt: skip
-
-    rollouts = [rollout(s, i, 200 - 80 * i + 10 * s, 8 - 3 * i) for s in (0, 1) for i in (0, 1, 2)]
-    evaluations = [evaluation(None, 0, "sft", 0.25)]
-    evaluations += [evaluation(s, i, "recap", 0.25 + 0.25 * i) for s in (0, 1) for i in (1, 2)]
-    results = {"rollouts": rollouts, "summary": summarize(evaluations, rollouts)}
-    curve = flywheel_curve(results)
-    assert [(r["iteration"], r["policy"]) for r in curve] == [(0, "sft"), (1, "recap"), (2, "recap")]
+    success = {1: [True, False, False, False], 2: [True, True, False, False], 3: [True, True, True, True]}
+    evaluations = [_evaluation(s, 0, "sft", "push-v3", success[1], version=1) for s in (0, 1)]
+    evaluations += [
+        _evaluation(s, v - 1, "recap", "push-v3", success[v], version=v) for s in (0, 1) for v in (2, 3)
+    ]
+    curve = flywheel_curve(
+        {"rollouts": [rollout(s, i) for s in (0, 1) for i in (0, 1, 2)], "evaluations": evaluations}
+    )
+    assert [r["versions"] for r in curve] == [[1, 1], [2, 2], [3, 2]]
     assert [r["success_mean"] for r in curve] == pytest.approx([0.25, 0.5, 0.75])
-    assert [r["intervention_rate_mean"] for r in curve] == pytest.approx([205 / 400, 125 / 400, 45 / 400])
-    assert [r["takeovers_per_episode_mean"] for r in curve] == pytest.approx([2.0, 1.25, 0.5])
+    assert curve[2]["success_episodes"] == 8
+    assert [r["intervention_rate_mean"] for r in curve] == pytest.approx([0.575, 0.375, 0.175])
+    assert [r["takeovers_per_episode_mean"] for r in curve] == pytest.approx([2.5, 2.0, 1.5])
     low, high = curve[0]["intervention_rate_ci95"]
-    assert low < 205 / 400 < high  # two seeds differ by 10 frames: a real interval
+    assert low < 0.575 < high
+    lines = curve_verdicts(curve)
+    assert "+50 points" in lines[0] and "0.30 of the first" in lines[1]
