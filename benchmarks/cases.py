@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks.fixtures import tiny_sim_checkpoint
+from benchmarks.fixtures import SIM_ACTION_DIM, SIM_STATE_DIM, tiny_sim_checkpoint
 from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
 from flywheel.protocol import MessageType, request
 from flywheel.rollout.daemon import RolloutDaemon
@@ -208,28 +208,139 @@ def select_action(work: Path, quick: bool) -> dict[str, Any]:
 
 
 def training(work: Path, quick: bool) -> dict[str, Any]:
-    """Training samples per second, tiny preset, batch 32, chunk 50 (forward + backward + step)."""
+    """Training speed of the tiny policy, batch 32 (forward + backward + AdamW step).
+
+    `train_step_ms` / `train_samples_per_s`: a synthetic batch at chunk 50, the current prompt, torch's
+    default thread count (the figure this case has always reported).
+    `chunk10_*`: the demo's setting (chunk 10, one torch thread, state [39], action [4]) with the current
+    tiny prompt (`prompt_task_only`: the task text alone) and the earlier one
+    (`prompt_with_state_and_indicator`: state_in_prompt and indicator_in_prompt, i.e. 39 discretized
+    state tokens and "Advantage: positive;" in the prompt), the two models alternating in rounds so
+    that a slow stretch of the machine falls on both.
+    `loop_*`: the whole loop of `trainer.train_policy` (data loading, preprocessor, forward, backward,
+    clipping, step, scheduler) on a recorded sim dataset, chunk 10, one torch thread, with state-only
+    frames served from memory (`frames_in_memory`) and from LeRobotDataset per row (`lerobot_dataset`).
+    Set-up (dataset, policy, accelerate, the final checkpoint) is taken out by difference: each way runs
+    a short and a long training, and ms per step is (long wall - short wall) / (long - short steps);
+    `loop_*_setup_s` is what remains of the short run."""
+    out = _synthetic_training(chunk=50, steps=10 if quick else 40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the demo's setting (DemoConfig.torch_threads)
+    try:
+        out |= _prompt_comparison(rounds=3 if quick else 6, steps=4 if quick else 8)
+        out |= _training_loop(work, quick)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _training_batch(chunk: int, batch: int = 32) -> dict[str, Any]:
+    return {
+        "observation.state": torch.randn(batch, SIM_STATE_DIM),
+        "action": torch.randn(batch, chunk, SIM_ACTION_DIM),
+        "action_is_pad": torch.zeros(batch, chunk, dtype=torch.bool),
+        "task": ["push the puck to the goal"] * batch,
+    }
+
+
+def _trainable(chunk: int, **overrides):
     from benchmarks.fixtures import tiny_sim_policy_config
     from flywheel.policies.pi_star_recap import PiStarRECAPPolicy
 
-    policy = PiStarRECAPPolicy(tiny_sim_policy_config())
+    torch.manual_seed(0)
+    policy = PiStarRECAPPolicy(tiny_sim_policy_config(chunk, **overrides))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-4)
-    batch = {
-        "observation.state": torch.randn(32, 39),
-        "action": torch.randn(32, 50, 4),
-        "action_is_pad": torch.zeros(32, 50, dtype=torch.bool),
-        "task": ["push the puck"] * 32,
-    }
-    steps = 10 if quick else 40
-    for i in range(steps + 3):
-        if i == 3:
-            start = time.perf_counter()
+
+    def step(batch: dict) -> None:
         loss, _ = policy(batch)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
+
+    return step
+
+
+def _synthetic_training(chunk: int, steps: int) -> dict[str, Any]:
+    step, batch = _trainable(chunk), _training_batch(chunk)
+    for _ in range(3):  # warm-up
+        step(batch)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step(batch)
     elapsed = time.perf_counter() - start
     return {"train_samples_per_s": steps * 32 / elapsed, "train_step_ms": elapsed / steps * 1000}
+
+
+def _prompt_comparison(rounds: int, steps: int) -> dict[str, Any]:
+    prompts = {
+        "prompt_task_only": {},
+        "prompt_with_state_and_indicator": {"state_in_prompt": True, "indicator_in_prompt": True},
+    }
+    models = {label: _trainable(10, **overrides) for label, overrides in prompts.items()}
+    batch = _training_batch(10)
+    for step in models.values():
+        for _ in range(3):  # warm-up
+            step(batch)
+    spent = dict.fromkeys(models, 0.0)
+    for r in range(rounds):
+        for label in list(models) if r % 2 == 0 else list(models)[::-1]:
+            start = time.perf_counter()
+            for _ in range(steps):
+                models[label](batch)
+            spent[label] += time.perf_counter() - start
+    out: dict[str, Any] = {}
+    for label, seconds in spent.items():
+        out[f"chunk10_{label}_step_ms"] = seconds / (rounds * steps) * 1000
+        out[f"chunk10_{label}_samples_per_s"] = rounds * steps * 32 / seconds
+    out["chunk10_prompt_with_state_and_indicator_over_task_only"] = (
+        spent["prompt_with_state_and_indicator"] / spent["prompt_task_only"]
+    )
+    return out
+
+
+def _training_loop(work: Path, quick: bool) -> dict[str, Any]:
+    from flywheel.cli import main as flywheel_main
+    from trainer.train_policy import TrainPolicyConfig, train_policy
+
+    wire = WireConfig.in_process("bench")
+    flywheel_main(["rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", "--episodes=2",
+                   "--episode_time_s=5", f"--dataset.root={work / 'loop-data'}",
+                   f"--wire.daemon_events={wire.daemon_events}", f"--wire.deploy={wire.deploy}",
+                   "--report_cadence=false"])  # fmt: skip
+    init = tiny_sim_checkpoint(work / "loop-init", chunk_size=10)
+    short, long = (5, 20) if quick else (20, 60)
+    rounds = 1 if quick else 2
+    ways = {"frames_in_memory": True, "lerobot_dataset": False}
+    wall: dict[tuple[str, int], float] = {}
+    for r in range(rounds):
+        for label in list(ways) if r % 2 == 0 else list(ways)[::-1]:
+            for steps in (short, long):
+                cfg = TrainPolicyConfig(
+                    dataset_root=work / "loop-data",
+                    init_from=init,
+                    output_dir=work / f"loop-{label}-{steps}-{r}",
+                    steps=steps,
+                    batch_size=32,
+                    seed=r,
+                    device="cpu",
+                    save_every=10**9,
+                    log_every=10**9,
+                    trackers=[],
+                    frames_in_memory=ways[label],
+                )
+                start = time.perf_counter()
+                train_policy(cfg)
+                wall[label, steps] = wall.get((label, steps), 0.0) + time.perf_counter() - start
+    out: dict[str, Any] = {}
+    for label in ways:
+        per_step = (wall[label, long] - wall[label, short]) / (rounds * (long - short))
+        out[f"loop_{label}_step_ms"] = per_step * 1000
+        out[f"loop_{label}_samples_per_s"] = 32 / per_step
+        out[f"loop_{label}_setup_s"] = wall[label, short] / rounds - short * per_step
+    out["loop_lerobot_dataset_over_frames_in_memory"] = (
+        out["loop_lerobot_dataset_step_ms"] / out["loop_frames_in_memory_step_ms"]
+    )
+    return out
 
 
 def recording(work: Path, quick: bool) -> dict[str, Any]:

@@ -17,7 +17,8 @@ from flywheel.policies.pi_star_recap import (
 SIM_STATE_DIM, SIM_ACTION_DIM = 39, 4
 
 
-def tiny_sim_policy_config(chunk_size: int = 50, cfg_scale: float = 1.0) -> PiStarRECAPConfig:
+def tiny_sim_policy_config(chunk_size: int = 50, cfg_scale: float = 1.0, **overrides) -> PiStarRECAPConfig:
+    """`overrides`: other PiStarRECAPConfig fields (e.g. state_in_prompt)."""
     return PiStarRECAPConfig(
         preset="tiny",
         device="cpu",
@@ -26,6 +27,7 @@ def tiny_sim_policy_config(chunk_size: int = 50, cfg_scale: float = 1.0) -> PiSt
         cfg_scale=cfg_scale,
         input_features={"observation.state": PolicyFeature(FeatureType.STATE, (SIM_STATE_DIM,))},
         output_features={"action": PolicyFeature(FeatureType.ACTION, (SIM_ACTION_DIM,))},
+        **overrides,
     )
 
 

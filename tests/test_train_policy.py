@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+import trainer.train_policy as train_policy_module
 from flywheel.cli import main as flywheel_main
 from flywheel.dataset import dataset_features
 from flywheel.policy_source import LeRobotChunkPolicy
@@ -58,6 +59,20 @@ def test_trains_checkpoints_resumes_and_the_result_loads_in_the_daemon(sim_datas
     policy = LeRobotChunkPolicy(pretrained, features, list(ACTION_NAMES), version=2, device="cpu")
     chunk = policy.predict_chunk(dict.fromkeys(STATE_NAMES, 0.1), "push the puck to the goal")
     assert chunk.shape[1] == len(ACTION_NAMES) and np.isfinite(chunk).all()
+
+
+def test_frames_in_memory_false_trains_from_lerobot_dataset(sim_dataset, tmp_path, monkeypatch):
+    """The benchmark's comparison path: LeRobotDataset per row, FramesInMemory never built."""
+
+    class NotWanted(train_policy_module.FramesInMemory):
+        def __init__(self, dataset):
+            raise AssertionError("frames_in_memory=False built FramesInMemory")
+
+    monkeypatch.setattr(train_policy_module, "FramesInMemory", NotWanted)
+    out = tmp_path / "run"
+    train_policy(small_config(sim_dataset, out, steps=2, frames_in_memory=False))
+    assert json.loads((out / "checkpoints/last/step.json").read_text()) == {"step": 2}
+    assert (out / "pretrained_model/model.safetensors").exists()
 
 
 def test_resume_without_a_checkpoint_says_where_it_looked(sim_dataset, tmp_path):

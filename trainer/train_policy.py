@@ -57,6 +57,9 @@ class TrainPolicyConfig:
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
     # Per-frame sampling weights (a .npy of length num_frames); None: uniform shuffling.
     sample_weights: Path | None = None
+    # Serve state-only datasets from memory (trainer/frames_in_memory.py); False: LeRobotDataset per
+    # row, for comparison (the `training` benchmark times both).
+    frames_in_memory: bool = True
 
 
 def train_policy(cfg: TrainPolicyConfig) -> Path:
@@ -153,7 +156,8 @@ def _build(cfg: TrainPolicyConfig, device: torch.device):
         pre, post = make_pre_post_processors(policy_cfg, dataset_stats=meta.stats)
     delta = resolve_delta_timestamps(policy.config, meta)
     dataset = LeRobotDataset(cfg.repo_id, root=cfg.dataset_root, delta_timestamps=delta)
-    if supports(dataset):  # state-only: the same items from tensors, without HF datasets' per-row cost
+    # State-only: the same items from tensors, without HF datasets' per-row cost.
+    if cfg.frames_in_memory and supports(dataset):
         dataset = FramesInMemory(dataset)
     return policy, dataset, pre, post
 
