@@ -361,16 +361,25 @@ def gate_lines(results: dict) -> list[str]:
 def label_lines(results: dict) -> list[str]:
     lines = [
         "| seed | iteration | estimator | AUC (good vs bad demo frames) | good frames positive "
-        "| bad frames positive | value MAE |",
-        "|---|---|---|---|---|---|---|",
+        "| bad frames positive | value MAE | conditioning of the previous RECAP model |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in results["labels"]:
         q = row.get("label_quality") or {}
+        gap = (row.get("conditioning") or {}).get("relative_gap")
         lines.append(
             f"| {row['seed']} | {row['iteration']} | {row['estimator']} | {_fmt(q.get('auc'))} "
             f"| {_fmt(q.get('good_positive'))} | {_fmt(q.get('bad_positive'))} "
-            f"| {_fmt(row.get('value_mae_vs_mc_return'), 3)} |"
+            f"| {_fmt(row.get('value_mae_vs_mc_return'), 3)} "
+            f"| {'–' if gap is None else f'{100 * gap:+.1f}%'} |"
         )
+    lines += [
+        "",
+        "Conditioning: the RECAP model of the iteration before, on this iteration's new rollouts "
+        "(frames it never trained on) with this iteration's labels: its flow loss with each frame's "
+        "indicator flipped minus with its own, as a share of the latter (0: it ignores the "
+        "indicator; flywheel/policies/pi_star_recap/conditioning.py).",
+    ]
     return lines
 
 

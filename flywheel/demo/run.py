@@ -50,6 +50,7 @@ from flywheel.demo.report import (
     summarize,
     write_report,
 )
+from flywheel.policies.pi_star_recap.conditioning import report_conditioning
 from flywheel.recap.labeling import LabelConfig, Labels, run_labeling
 from flywheel.recap.source import Source, load_source
 from trainer.evaluate import EVAL_SEED_OFFSET, summarize_scenes
@@ -262,6 +263,7 @@ def seed_chain(cfg: DemoConfig, folder: Path, seed: int, initial: Path, sft0: Pa
     for k in range(1, cfg.iterations + 2):
         root = folder / "data" / f"iter{k}"
         shutil.copytree(previous, root)
+        old_episodes = len(load_source(root).episodes)
         method = "sft" if deployed == 1 else "recap"
         with stage(run, "rollouts"):
             rollouts(cfg, run, root, seed, k - 1, method, registry, deployed, acting)
@@ -270,7 +272,10 @@ def seed_chain(cfg: DemoConfig, folder: Path, seed: int, initial: Path, sft0: Pa
             break  # the last rollouts only measure the last policy's intervention rate
         source = load_source(root)
         run.data.append({"seed": seed, "iteration": k, **dataset_counts(source)})
-        deployed = iterate(cfg, run, folder / f"iter{k}", seed, k, root, source, sft0, registry, deployed)
+        new_episodes = list(range(old_episodes, len(source.episodes)))
+        deployed = iterate(
+            cfg, run, folder / f"iter{k}", seed, k, root, source, sft0, registry, deployed, new_episodes
+        )
         previous = root
     return run
 
@@ -331,12 +336,17 @@ def iterate(
     sft0: Path,
     registry: ModelRegistry,
     deployed: int,
+    new_episodes: list[int],
 ) -> int:
     """One RECAP iteration: label, train from the iteration-0 policy, evaluate, gate, publish.
     Returns the version deployed for the next iteration's rollouts."""
     with stage(run, "label (recap)"):
         labels = label(cfg, root, folder / "labeled", seed, "recap")
-    run.labels.append({"seed": seed, "iteration": k, "estimator": "recap", **label_summary(labels)})
+    summary = {"seed": seed, "iteration": k, "estimator": "recap", **label_summary(labels)}
+    if k > 1:  # the previous iteration's RECAP model on episodes it never trained on
+        with stage(run, "conditioning"):
+            summary["conditioning"] = conditioning(folder.parent / f"iter{k - 1}", folder, new_episodes)
+    run.labels.append(summary)
     if k == cfg.iterations:
         if seed == 0:
             save_label_arrays(folder.parent.parent / "labels_last.npz", source, labels)
@@ -354,6 +364,22 @@ def iterate(
         decision = gate(cfg, registry, deployed, candidate)
     run.gates.append({"seed": seed, "iteration": k, "current": deployed, "candidate": candidate, **decision})
     return candidate if decision["passed"] else deployed
+
+
+def conditioning(trained_in: Path, labeled_in: Path, episodes: list[int]) -> dict | None:
+    """How much the RECAP model trained in `trained_in` uses its indicator (the conditioning
+    diagnostic: flow loss with each frame's indicator flipped minus its own, as a share of it) on
+    `episodes`, this iteration's new rollouts, with this iteration's labels."""
+    strength = report_conditioning(
+        trained_in / "recap" / "pretrained_model",
+        labeled_in / "labeled",
+        episodes,
+        out_json=labeled_in / "conditioning.json",
+        context={"model": str(trained_in / "recap"), "episodes": episodes},
+        max_frames=128,
+        draws=2,
+    )
+    return None if strength is None else strength.as_dict()
 
 
 def gate(cfg: DemoConfig, registry: ModelRegistry, current: int, candidate: int) -> dict:

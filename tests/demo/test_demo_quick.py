@@ -42,7 +42,7 @@ def _tiny(out: Path) -> DemoConfig:
 
 @pytest.mark.timeout(600)  # about 1-2 minutes; more on a busy 2-core machine
 def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
-    cfg = _tiny(tmp_path / "demo")
+    cfg = replace(_tiny(tmp_path / "demo"), iterations=2)
     results = run_demo(cfg, prepare_out_dir(cfg))
     out = cfg.out_dir
     assert check_results(results, out) == []
@@ -51,18 +51,23 @@ def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
     methods = {r["method"] for r in on_disk["summary"]}
     assert methods == {"sft", "sft_all", "filtered_sft", "awr", "recap", "recap_cfg", "recap_gt", "good_only"}
     # recap_gt trains on the same frames with the sim's truth as its indicator, in a labeled copy.
-    gt_root = out / "seed0" / "iter1" / "labeled_gt"
+    gt_root = out / "seed0" / "iter2" / "labeled_gt"
     positive = labels_of(gt_root)
     assert np.array_equal(positive, ground_truth_positive(load_source(gt_root)))
     assert 0 < positive.mean() < 1
     # Every rollout batch got its version over ZeroMQ and the daemon swapped it in.
     assert on_disk["hotswaps"] and all(s["status"] == "swapped" for s in on_disk["hotswaps"])
     # every seed's candidate went through the gate, and the curve follows what it decided
-    assert [g["seed"] for g in on_disk["gates"]] == [0, 1]
+    assert [(g["seed"], g["iteration"]) for g in on_disk["gates"]] == [(0, 1), (0, 2), (1, 1), (1, 2)]
+    # from iteration 2 on, the previous RECAP model's conditioning on the new rollouts is measured
+    measured = {(r["seed"], r["iteration"]): r.get("conditioning") for r in on_disk["labels"]}
+    for seed in (0, 1):
+        assert measured[(seed, 1)] is None
+        assert np.isfinite(measured[(seed, 2)]["relative_gap"]) and measured[(seed, 2)]["frames"] > 0
     curve = flywheel_curve(on_disk)
-    for gate in on_disk["gates"]:
+    for gate in on_disk["gates"]:  # iteration k's decision is what its rollouts ran
         kept = gate["candidate"] if gate["passed"] else gate["current"]
-        assert kept in curve[-1]["versions"]
+        assert curve[gate["iteration"]]["versions"][gate["seed"]] == kept
     report = (out / "report.md").read_text()
     for name in on_disk["figures"]:
         assert f"figures/{name}" in report and (out / "figures" / name).stat().st_size > 1000
