@@ -42,7 +42,7 @@ class DemoConfig:
     takeover_episodes: int = 8
     # Rollouts of the deployed policy per task and iteration, the good operator at the pedal: the
     # new data of each iteration, and the episodes its intervention rate is measured on.
-    rollouts_per_iteration: int = 10
+    rollouts_per_iteration: int = 20
     # Episode length limit in steps (failures count as this many steps).
     horizon: int = 150
 
@@ -53,7 +53,7 @@ class DemoConfig:
     sft_steps: int = 1000
     # Each method's training from the iteration-0 policy on all data so far: the same steps for
     # every method (docs/demo.md: where success stops rising with more).
-    method_steps: int = 1000
+    method_steps: int = 800
     batch_size: int = 32
     # Classifier-free guidance scale of the recap_cfg variant (1 = plain positive conditioning).
     cfg_scale: float = 1.5

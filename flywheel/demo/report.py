@@ -402,11 +402,43 @@ def _pyplot():
     return plt
 
 
+def plot_flywheel(results: dict, path: Path) -> list[str]:
+    """flywheel.png: the deployed policy's held-out success and its rollouts' intervention rate and
+    takeovers per episode, iteration by iteration, with their 95% intervals."""
+    curve = [r for r in flywheel_curve(results) if r["success_mean"] is not None]
+    if not curve:
+        return []
+    plt = _pyplot()
+    x = [r["iteration"] for r in curve]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+    panels = (
+        ("success", "held-out success (deployed policy)", "tab:blue"),
+        ("intervention_rate", "intervention rate (share of frames)", "tab:orange"),
+        ("takeovers_per_episode", "takeovers per episode", "tab:red"),
+    )
+    for ax, (key, title, color) in zip(axes, panels, strict=True):
+        y = np.array([r[f"{key}_mean"] for r in curve], dtype=float)
+        bounds = [r[f"{key}_ci95"] for r in curve]
+        lo = np.array([b[0] if b[0] is not None else m for b, m in zip(bounds, y, strict=True)])
+        hi = np.array([b[1] if b[1] is not None else m for b, m in zip(bounds, y, strict=True)])
+        ax.errorbar(x, y, yerr=[y - lo, hi - y], marker="o", capsize=4, color=color)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("iteration (0: SFT on the initial data)")
+        ax.set_xticks(x)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return [path.name]
+
+
 def plot_metrics(results: dict, folder: Path) -> list[str]:
-    """success.png and throughput.png: per iteration and method, mean and 95% interval, per task."""
+    """flywheel.png (plot_flywheel), and success.png and throughput.png: per iteration and method,
+    mean and 95% interval, per task."""
     plt = _pyplot()
     tasks = [ALL_TASKS, *results["config"]["tasks"]]
-    names = []
+    names = plot_flywheel(results, folder / "flywheel.png")
     for metric, ylabel, name in (
         ("success", "success rate (held-out scenes)", "success.png"),
         ("mean_steps", "steps per episode (failures = horizon)", "throughput.png"),

@@ -59,7 +59,7 @@ from trainer.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 # Scene seeds: initial data, rollouts and evaluation never share a scene.
 INITIAL_SCENES = 0
 ROLLOUT_SCENES = 10_000

@@ -71,9 +71,13 @@ def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
     report = (out / "report.md").read_text()
     for name in on_disk["figures"]:
         assert f"figures/{name}" in report and (out / "figures" / name).stat().st_size > 1000
-    assert {"success.png", "throughput.png", "value_curves.png", "advantage_histograms.png"} <= set(
-        on_disk["figures"]
-    )
+    assert {
+        "flywheel.png",
+        "success.png",
+        "throughput.png",
+        "value_curves.png",
+        "advantage_histograms.png",
+    } <= set(on_disk["figures"])
 
 
 @pytest.mark.timeout(600)
