@@ -461,9 +461,11 @@ def plot_metrics(results: dict, folder: Path) -> list[str]:
 def _plot_task(ax, rows: list[dict], metric: str) -> None:
     methods = sorted({r["method"] for r in rows}, key=list(COLORS).index)
     for offset, method in enumerate(methods):
-        mine = sorted((r for r in rows if r["method"] in (method, "sft")), key=lambda r: r["iteration"])
         if method == "sft":
             continue
+        # RECAP's line starts at the shared SFT (iteration 0); a baseline trained once is a point.
+        joined = (method, "sft") if method == "recap" else (method,)
+        mine = sorted((r for r in rows if r["method"] in joined), key=lambda r: r["iteration"])
         x = np.array([r["iteration"] for r in mine], dtype=float) + 0.04 * (offset - len(methods) / 2)
         y = np.array([r[f"{metric}_mean"] for r in mine])
         lo = np.array(

@@ -105,12 +105,22 @@ def _seed_order(row: dict) -> tuple:
     return (seed, row.get("iteration", 0), order, str(row.get("task", "")))
 
 
-def demo_main(cfg: DemoConfig) -> int:
+def configure_logging() -> None:
+    """The demo's progress lines, in the main process and in every worker."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("flywheel.demo").setLevel(logging.INFO)  # even when an import configured logging
     # The daemon logs every episode and takeover: hundreds of lines here.
     for noisy in ("flywheel.rollout", "trainer.train_policy", "flywheel.recap", "robots.sim"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _start_worker(torch_threads: int) -> None:
+    configure_logging()
+    torch.set_num_threads(torch_threads)
+
+
+def demo_main(cfg: DemoConfig) -> int:
+    configure_logging()
     try:
         resolved = cfg.resolved()
         out = prepare_out_dir(resolved)
@@ -224,7 +234,7 @@ def run_jobs(cfg: DemoConfig, out: Path, initial: Path, sft0: Path) -> Iterator[
         return
     # spawn, not fork: torch and MuJoCo's EGL context must not be inherited half-initialised.
     context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(cfg.workers, mp_context=context, initializer=torch.set_num_threads,
+    with ProcessPoolExecutor(cfg.workers, mp_context=context, initializer=_start_worker,
                              initargs=(cfg.torch_threads,)) as pool:  # fmt: skip
         running = {pool.submit(*job) for job in chains}
         while running:
@@ -240,7 +250,7 @@ def baseline_jobs(cfg: DemoConfig, out: Path, part: Run, sft0: Path) -> list[tup
     if part.chain_of is None:
         return []
     seed = part.chain_of
-    methods = [m for m in cfg.methods if m not in ("recap",)]
+    methods = [m for m in cfg.methods if m != "recap"]  # recap is the chain's own
     return [(baseline, cfg, out / f"seed{seed}", seed, method, sft0) for method in methods]
 
 
@@ -363,6 +373,11 @@ def iterate(
     with stage(run, "gate"):
         decision = gate(cfg, registry, deployed, candidate)
     run.gates.append({"seed": seed, "iteration": k, "current": deployed, "candidate": candidate, **decision})
+    log.info(
+        "seed %d iteration %d gate: candidate v%04d %d of %d scenes, deployed v%04d %d: %s",
+        seed, k, candidate, decision["candidate_successes"], decision["scenes"], deployed,
+        decision["current_successes"], "deploy the candidate" if decision["passed"] else "keep the deployed",
+    )  # fmt: skip
     return candidate if decision["passed"] else deployed
 
 
