@@ -53,7 +53,7 @@ class DemoConfig:
     sft_steps: int = 1000
     # Each method's training from the iteration-0 policy on all data so far: the same steps for
     # every method (docs/demo.md: where success stops rising with more).
-    method_steps: int = 800
+    method_steps: int = 1000
     batch_size: int = 32
     # Classifier-free guidance scale of the recap_cfg variant (1 = plain positive conditioning).
     cfg_scale: float = 1.5
