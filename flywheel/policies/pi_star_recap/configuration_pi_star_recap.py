@@ -82,9 +82,10 @@ class PiStarRECAPConfig(PreTrainedConfig):
     advantage_dropout: float = 0.3  # P(indicator dropped) per training sample -> unconditioned prompt
     cfg_scale: float = 1.0  # beta; > 1 turns on classifier-free guidance at inference
     # How the indicator reaches the action expert (None -> preset): "prompt", only as prompt text (pi0.5,
-    # the paper); "modulation", also a learned embedding (dropped / negative / positive) added to every
-    # adaptive norm's scale, shift and gate of the expert, zero-initialised (a model starts as with
-    # "prompt"); "time", that embedding added to the time conditioning; "tokens", to the action tokens.
+    # the paper); "modulation", a learned embedding (dropped / negative / positive) added to every
+    # adaptive norm's scale, shift and gate of the expert, zero-initialised (with indicator_in_prompt
+    # a model starts as with "prompt"); "time", that embedding added to the time conditioning;
+    # "tokens", to the action tokens.
     indicator_conditioning: str | None = None
     # What the prompt text carries. state_in_prompt (None -> preset): pi0.5's discretized state tokens;
     # the tiny preset reads the state from its continuous state token instead, and the 39 tokens it
