@@ -1,8 +1,8 @@
 """Configuration of `flywheel demo`: how much data, training and evaluation each stage gets.
 
 The defaults are sized for issue 19's budget (at most 20 minutes on 2 CPU cores, 3 seeds, 3 RECAP
-iterations, 50 held-out scenes per task and seed); `--quick` shrinks them to about 5 minutes (one
-task). docs/demo.md has the budget plan and what each stage costs.
+iterations, 50 held-out scenes per task and seed; 18 minutes measured); `--quick` shrinks them to
+about a minute (one task). docs/demo.md has the budget plan and what each stage costs.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ class DemoConfig:
     # about 1000+ steps to learn a task at all: NOTES.md section 5).
     sft_steps: int = 1000
     # Each method's training from the iteration-0 policy on all data so far: the same steps for
-    # every method (docs/demo.md: where success stops rising with more).
+    # every method (docs/demo.md, tries 5-8: 800 steps did worse; 1000 fits the 20 minutes).
     method_steps: int = 1000
     batch_size: int = 32
     # Classifier-free guidance scale of the recap_cfg variant (1 = plain positive conditioning).
