@@ -307,7 +307,7 @@ def conditioning_line(entry: dict) -> str:
         f"{head} loss with flipped indicator minus true, as share of true: "
         f"{100 * entry['relative_gap']:+.1f}% (true {entry['loss_true']:.4f}, flipped "
         f"{entry['loss_flipped']:.4f}; {entry['frames']} frames, {entry['positive_frames']} positive, "
-        f"{entry['draws']} draws; about 0: the policy ignores its indicator)"
+        f"{entry['draws']} draws; 0 would mean the policy ignores its indicator)"
     )
 
 
