@@ -13,6 +13,8 @@ import gc
 import logging
 import types
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
@@ -50,6 +52,16 @@ def _arm(task: str) -> SimArm:
     arm = SimArm(SimArmConfig(task=task))
     arm.connect()
     return arm
+
+
+@contextmanager
+def _connected(task: str) -> Iterator[SimArm]:
+    """A connected sim arm, disconnected however the block ends."""
+    arm = _arm(task)
+    try:
+        yield arm
+    finally:
+        arm.disconnect()
 
 
 def _trajectory(arm: SimArm, seed: int, steps: int = STEPS) -> dict[str, np.ndarray]:
@@ -106,32 +118,25 @@ def _with_and_without(arm: SimArm, seed: int) -> tuple[dict[str, np.ndarray], di
 
 @pytest.mark.parametrize("task", TASKS)
 def test_outcomes_are_bit_identical_with_the_patch(task):
-    arm = _arm(task)
-    try:
+    with _connected(task) as arm:
         assert arm.fast_patches, "the sim did not patch its env"
         for seed in SEEDS:
             plain, fast = _with_and_without(arm, seed)
             assert _differences(plain, fast) == [], f"{task} seed {seed}"
         # The experts solve these scenes: the comparison covered contact, grasping and success.
         assert fast["info.success"].any(), task
-    finally:
-        arm.disconnect()
 
 
 @pytest.mark.slow  # the other 40 MT50 tasks, one scene each: about 60 s on the 2-core machine
 @pytest.mark.parametrize("task", sorted(set(TASK_TABLE) - set(TASKS)))
 def test_outcomes_are_bit_identical_with_the_patch_on_every_task(task):
-    arm = _arm(task)
-    try:
+    with _connected(task) as arm:
         plain, fast = _with_and_without(arm, 0)
         assert _differences(plain, fast) == [], task
-    finally:
-        arm.disconnect()
 
 
 def test_the_sim_patches_its_env_only():
-    arm = _arm("pick-place-v3")
-    try:
+    with _connected("pick-place-v3") as arm:
         env = arm._env.unwrapped
         plain = type(env).__mro__[1]
         assert arm.fast_patches == ALL_PATCHES == fast_metaworld.patched(env)
@@ -143,8 +148,6 @@ def test_the_sim_patches_its_env_only():
         assert plain._get_quat_objects.__module__ == "metaworld.envs.sawyer_pick_place_v3"
         fast_metaworld.unpatch(env)
         assert type(env) is plain and fast_metaworld.patched(env) == []
-    finally:
-        arm.disconnect()
 
 
 def test_a_patched_env_is_freed_without_the_cycle_collector():
@@ -172,36 +175,25 @@ def fresh_patch_caches():
 
 def test_no_patch_on_another_metaworld_version(monkeypatch, caplog, fresh_patch_caches):
     monkeypatch.setattr(fast_metaworld, "_version", lambda dist: "3.1.0" if dist == "metaworld" else "1.17.1")
-    with caplog.at_level(logging.WARNING, logger=fast_metaworld.__name__):
-        arm = _arm("push-v3")
-    try:
+    with caplog.at_level(logging.WARNING, logger=fast_metaworld.__name__), _connected("push-v3") as arm:
         assert arm.fast_patches == []
         assert fast_metaworld.patched(arm._env.unwrapped) == []
         assert type(arm._env.unwrapped).__module__.startswith("metaworld.")
         assert "metaworld 3.1.0 is installed, the patch is written for 3.0.0" in caplog.text
         arm.send_action({"delta_x": 0.1, "delta_y": 0.0, "delta_z": 0.0, "gripper": 0.0})
-    finally:
-        arm.disconnect()
 
 
 def test_no_rotation_shortcut_on_another_scipy(monkeypatch, caplog, fresh_patch_caches):
     monkeypatch.setattr(fast_metaworld, "_version", lambda dist: "3.0.0" if dist == "metaworld" else "1.18.0")
-    with caplog.at_level(logging.WARNING, logger=fast_metaworld.__name__):
-        arm = _arm("push-v3")
-    try:
+    with caplog.at_level(logging.WARNING, logger=fast_metaworld.__name__), _connected("push-v3") as arm:
         assert arm.fast_patches == ["touching_object", "_get_curr_obs_combined_no_goal"]
         assert "scipy 1.18.0 is installed" in caplog.text
-    finally:
-        arm.disconnect()
 
 
 def test_turned_off_by_the_environment(monkeypatch):
     monkeypatch.setenv("FLYWHEEL_SIM_FAST", "0")
-    arm = _arm("push-v3")
-    try:
+    with _connected("push-v3") as arm:
         assert arm.fast_patches == []
-    finally:
-        arm.disconnect()
 
 
 def _rotations(count: int, seed: int = 0) -> np.ndarray:
@@ -249,8 +241,7 @@ def _broken(arm: SimArm, name: str, func) -> None:
 
 
 def test_a_contact_test_wrong_in_one_case_is_caught():
-    arm = _arm("pick-place-v3")
-    try:
+    with _connected("pick-place-v3") as arm:
         env = arm._env.unwrapped
         fast_metaworld.unpatch(env)
         plain = _trajectory(arm, 0)
@@ -266,13 +257,10 @@ def test_a_contact_test_wrong_in_one_case_is_caught():
 
         _broken(arm, "touching_object", one_orientation_only)
         assert _differences(plain, _trajectory(arm, 0)) == ["info.grasp_success", "touching"]
-    finally:
-        arm.disconnect()
 
 
 def test_a_patch_wrong_by_one_ulp_is_caught():
-    arm = _arm("push-v3")
-    try:
+    with _connected("push-v3") as arm:
         env = arm._env.unwrapped
         fast_metaworld.unpatch(env)
         plain = _trajectory(arm, 0, steps=20)
@@ -286,5 +274,3 @@ def test_a_patch_wrong_by_one_ulp_is_caught():
 
         _broken(arm, "_get_quat_objects", one_ulp_off)
         assert _differences(plain, _trajectory(arm, 0, steps=20)) == ["obs"]
-    finally:
-        arm.disconnect()

@@ -17,12 +17,7 @@ from tests.policies.test_pi_star_recap import ACTION_DIM, CHUNK, make_batch, mak
 MODES = ("modulation", "time", "tokens")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_presets_pick_the_indicator_path():

@@ -60,18 +60,8 @@ def test_forward_returns_loss_and_the_three_losses():
     assert per_sample.shape == (4,)
 
 
+@pytest.mark.usefixtures("one_torch_thread")  # small matmuls gain little from a second thread
 def test_tiny_model_overfits_one_batch():
-    # One thread: these small matmuls gain little from two, and one thread is far less slowed down
-    # when other processes share the machine's two cores.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _overfit()
-    finally:
-        torch.set_num_threads(threads)
-
-
-def _overfit() -> None:
     torch.manual_seed(0)
     policy = PiStarRECAPPolicy(make_config(policy_lr=2e-3))
     batch = make_batch(8)

@@ -6,7 +6,6 @@ import hashlib
 from pathlib import Path
 
 import pytest
-import torch
 
 from flywheel.recap.labeling import LabelConfig, Labels, run_labeling
 from tests.recap.synth import make_dataset, mixed_specs
@@ -35,12 +34,8 @@ def label_config(source: Path, out: Path, **sections) -> LabelConfig:
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small networks on a shared 2-core machine: multi-threaded torch stalls (docs/recap.md)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_torch_thread_everywhere(one_torch_thread):
+    """Every RECAP test runs on one torch thread (tests/conftest.py)."""
 
 
 @pytest.fixture(scope="session")
