@@ -298,15 +298,20 @@ def _prompt_comparison(rounds: int, steps: int) -> dict[str, Any]:
     return out
 
 
-def _training_loop(work: Path, quick: bool) -> dict[str, Any]:
+def _record_sim_episodes(root: Path, episodes: int, *flags: str) -> None:
+    """Sim episodes recorded by `flywheel rollout` in lockstep, the simulated operator at the pedal."""
     from flywheel.cli import main as flywheel_main
-    from trainer.train_policy import TrainPolicyConfig, train_policy
 
     wire = WireConfig.in_process("bench")
-    flywheel_main(["rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", "--episodes=2",
-                   "--episode_time_s=5", f"--dataset.root={work / 'loop-data'}",
-                   f"--wire.daemon_events={wire.daemon_events}", f"--wire.deploy={wire.deploy}",
-                   "--report_cadence=false"])  # fmt: skip
+    flywheel_main(["rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", f"--episodes={episodes}",
+                   f"--dataset.root={root}", f"--wire.daemon_events={wire.daemon_events}",
+                   f"--wire.deploy={wire.deploy}", "--report_cadence=false", *flags])  # fmt: skip
+
+
+def _training_loop(work: Path, quick: bool) -> dict[str, Any]:
+    from trainer.train_policy import TrainPolicyConfig, train_policy
+
+    _record_sim_episodes(work / "loop-data", 2, "--episode_time_s=5")
     init = tiny_sim_checkpoint(work / "loop-init", chunk_size=10)
     short, long = (5, 20) if quick else (20, 60)
     rounds = 1 if quick else 2
@@ -425,17 +430,13 @@ def lerobot_record_loop(work: Path, quick: bool) -> dict[str, Any]:
 def labeling(work: Path, quick: bool) -> dict[str, Any]:
     """`flywheel label` wall time on recorded sim episodes, and value inference batched vs one frame
     at a time (the labeling's inner loop)."""
-    from flywheel.cli import main as flywheel_main
     from flywheel.recap.bench_inference import one_at_a_time
     from flywheel.recap.labeling import LabelConfig, run_labeling
     from flywheel.recap.source import load_source
     from flywheel.recap.train_value import load_value_model, predict
 
     episodes = 6 if quick else 20
-    wire = WireConfig.in_process("bench")
-    flywheel_main(["rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", f"--episodes={episodes}",
-                   f"--dataset.root={work / 'data'}", f"--wire.daemon_events={wire.daemon_events}",
-                   f"--wire.deploy={wire.deploy}", "--report_cadence=false"])  # fmt: skip
+    _record_sim_episodes(work / "data", episodes)
     cfg = LabelConfig()
     cfg.dataset.root, cfg.output.root = work / "data", work / "labeled"
     start = time.perf_counter()

@@ -270,10 +270,10 @@ def seed_chain(cfg: DemoConfig, folder: Path, seed: int, initial: Path, sft0: Pa
     evaluate(cfg, run, folder / "eval" / "sft0", sft0, "sft", seed, 0, deployed)
     acting: int | None = None
     previous = initial
+    episodes_before = len(load_source(initial).episodes)  # then carried over from each iteration's read
     for k in range(1, cfg.iterations + 2):
         root = folder / "data" / f"iter{k}"
         shutil.copytree(previous, root)
-        old_episodes = len(load_source(root).episodes)
         method = "sft" if deployed == 1 else "recap"
         with stage(run, "rollouts"):
             rollouts(cfg, run, root, seed, k - 1, method, registry, deployed, acting)
@@ -282,7 +282,8 @@ def seed_chain(cfg: DemoConfig, folder: Path, seed: int, initial: Path, sft0: Pa
             break  # the last rollouts only measure the last policy's intervention rate
         source = load_source(root)
         run.data.append({"seed": seed, "iteration": k, **dataset_counts(source)})
-        new_episodes = list(range(old_episodes, len(source.episodes)))
+        new_episodes = list(range(episodes_before, len(source.episodes)))
+        episodes_before = len(source.episodes)
         deployed = iterate(
             cfg, run, folder / f"iter{k}", seed, k, root, source, sft0, registry, deployed, new_episodes
         )
