@@ -19,15 +19,18 @@ import numpy as np
 import torch
 
 from benchmarks.fixtures import SIM_ACTION_DIM, SIM_STATE_DIM, tiny_sim_checkpoint
-from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
-from flywheel.protocol import MessageType, request
+from flywheel.contracts.dataset import DatasetConfig
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.protocol import MessageType, request
+from flywheel.contracts.registry import ModelRegistry
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import STATE_NAMES, SimArm, SimArmConfig
-from teleop.pedals import ConstantPedal, ConstantPedalConfig
+from teleop.pedals import ConstantPedal, ConstantPedalConfig, SimPedalConfig
 from teleop.sim_operator import SimOperator, SimOperatorConfig
 from trainer.evaluate import EVAL_SEED_OFFSET
-from trainer.registry import ModelRegistry
 
 FPS = 30
 PERIOD_MS = 1000 / FPS
@@ -175,8 +178,8 @@ def select_action(work: Path, quick: bool) -> dict[str, Any]:
 
     The two policies take turns call by call, so that a slower or faster stretch of the machine
     falls on both alike instead of on whichever ran during it."""
-    from flywheel.dataset import dataset_features
-    from flywheel.policy_source import LeRobotChunkPolicy
+    from flywheel.contracts.dataset import dataset_features
+    from flywheel.rollout.policy_source import LeRobotChunkPolicy
     from robots.sim import ACTION_NAMES
 
     features = dataset_features({n: float for n in STATE_NAMES}, {n: float for n in ACTION_NAMES}, False)
@@ -298,20 +301,29 @@ def _prompt_comparison(rounds: int, steps: int) -> dict[str, Any]:
     return out
 
 
-def _record_sim_episodes(root: Path, episodes: int, *flags: str) -> None:
-    """Sim episodes recorded by `flywheel rollout` in lockstep, the simulated operator at the pedal."""
-    from flywheel.cli import main as flywheel_main
-
-    wire = WireConfig.in_process("bench")
-    flywheel_main(["rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", f"--episodes={episodes}",
-                   f"--dataset.root={root}", f"--wire.daemon_events={wire.daemon_events}",
-                   f"--wire.deploy={wire.deploy}", "--report_cadence=false", *flags])  # fmt: skip
+def _record_sim_episodes(root: Path, episodes: int, episode_time_s: float = 6.67) -> None:
+    """Sim episodes recorded by the rollout daemon in lockstep, the simulated operator at the pedal:
+    `flywheel rollout --robot sim --local_teleop=true --fps=0` (configs/robots/sim.yaml)."""
+    cfg = RolloutConfig(
+        robot=SimArmConfig(task="push-v3"),
+        teleop=SimOperatorConfig(skill="good"),
+        pedal=SimPedalConfig(),
+        local_teleop=True,
+        policy=PolicySourceConfig(baseline="random"),
+        dataset=DatasetConfig(root=root),
+        wire=WireConfig.in_process("bench"),
+        episodes=episodes,
+        fps=0,
+        episode_time_s=episode_time_s,
+        report_cadence=False,
+    )
+    RolloutDaemon(cfg).run()
 
 
 def _training_loop(work: Path, quick: bool) -> dict[str, Any]:
     from trainer.train_policy import TrainPolicyConfig, train_policy
 
-    _record_sim_episodes(work / "loop-data", 2, "--episode_time_s=5")
+    _record_sim_episodes(work / "loop-data", 2, episode_time_s=5)
     init = tiny_sim_checkpoint(work / "loop-init", chunk_size=10)
     short, long = (5, 20) if quick else (20, 60)
     rounds = 1 if quick else 2
@@ -371,7 +383,7 @@ def lerobot_record_loop(work: Path, quick: bool) -> dict[str, Any]:
     from lerobot.processor.factory import make_default_processors
     from lerobot.scripts.lerobot_record import record_loop
 
-    from flywheel.dataset import dataset_features
+    from flywheel.contracts.dataset import dataset_features
     from flywheel.policies.pi_star_recap import PiStarRECAPPolicy
 
     policy_path = tiny_sim_checkpoint(work / "policy")
@@ -430,7 +442,7 @@ def lerobot_record_loop(work: Path, quick: bool) -> dict[str, Any]:
 def labeling(work: Path, quick: bool) -> dict[str, Any]:
     """`flywheel label` wall time on recorded sim episodes, and value inference batched vs one frame
     at a time (the labeling's inner loop)."""
-    from flywheel.recap.bench_inference import one_at_a_time
+    from benchmarks.value_inference import one_at_a_time
     from flywheel.recap.labeling import LabelConfig, run_labeling
     from flywheel.recap.source import load_source
     from flywheel.recap.train_value import load_value_model, predict

@@ -34,7 +34,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from safetensors.torch import save_file
 
 from benchmarks.fixtures import pi05_base_state_dict
-from flywheel.files import unused_path
+from flywheel.contracts.files import unused_path
 from flywheel.policies.pi_star_recap import PiStarRECAPConfig, PiStarRECAPPolicy
 from flywheel.policies.pi_star_recap.presets import PRESETS
 

@@ -32,14 +32,17 @@ import zmq
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from benchmarks.fixtures import tiny_sim_checkpoint
-from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
-from flywheel.protocol import MessageType, decode, request
+from flywheel.contracts.dataset import DatasetConfig
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.protocol import MessageType, decode, request
+from flywheel.contracts.registry import WEIGHTS_FILE, ModelRegistry
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import SimArmConfig
 from teleop.pedals import SimPedalConfig, make_pedal
 from teleop.sim_operator import SimOperator, SimOperatorConfig
-from trainer.registry import WEIGHTS_FILE, ModelRegistry
 
 HOSTILE = [
     [b"deploy", b"{not json"],

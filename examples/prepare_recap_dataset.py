@@ -18,9 +18,11 @@ from pathlib import Path
 
 import draccus
 
-from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
-from flywheel.dataset import episode_table
+from flywheel.contracts.dataset import DatasetConfig, episode_table
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.policy_source import PolicySourceConfig
 from robots.sim import SimArmConfig
 from teleop.pedals import ConstantPedalConfig, SimPedalConfig
 from teleop.sim_operator import SimOperatorConfig

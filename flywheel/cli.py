@@ -28,15 +28,9 @@ import draccus
 from draccus.utils import ParsingError
 
 from flywheel import presets
-from flywheel.configs import (
-    CalibrateConfig,
-    DeployConfig,
-    KeysConfig,
-    RecordConfig,
-    RolloutConfig,
-    RunConfig,
-    TeleopProcessConfig,
-)
+from flywheel.configs import CalibrateConfig, DeployConfig, KeysConfig, RecordConfig, RunConfig
+from flywheel.rollout.config import RolloutConfig
+from teleop.process import TeleopProcessConfig
 
 
 @dataclass
@@ -89,8 +83,8 @@ def _run(cfg: RunConfig) -> int:
 def _deploy(cfg: DeployConfig) -> int:
     import zmq
 
-    from flywheel.protocol import MessageType, request
-    from trainer.registry import ModelRegistry
+    from flywheel.contracts.protocol import MessageType, request
+    from flywheel.contracts.registry import ModelRegistry
 
     if cfg.rollback:
         fields: dict = {"rollback": True}
@@ -163,7 +157,7 @@ def _calibrate(cfg: CalibrateConfig) -> int:
 
 
 def _keys(cfg) -> int:
-    from flywheel.security import make_keys
+    from flywheel.contracts.security import make_keys
 
     made = make_keys(cfg.keys_dir)
     print(f"{len(made)} new key pair(s) in {cfg.keys_dir} (existing ones kept): {[p.stem for p in made]}")

@@ -6,6 +6,8 @@ cd "$ROOT"
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+# The architecture (docs/architecture.md, [tool.importlinter] in pyproject.toml): layers, no cycles.
+.venv/bin/lint-imports --no-cache
 # Headless: no display for pygame, software EGL for MuJoCo.
 export SDL_VIDEODRIVER=dummy SDL_AUDIODRIVER=dummy MUJOCO_GL=egl
 set +e

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from flywheel.protocol import Message, MessageType, ProtocolError
+from flywheel.contracts.protocol import Message, MessageType, ProtocolError
 
 
 @dataclass(frozen=True)

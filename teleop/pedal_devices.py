@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from teleop.observation import ObservationView
-from teleop.pedals import EPISODE_KEYS, Pedal, PedalConfig, PedalReading
+from teleop.pedals import EPISODE_KEYS, Pedal, PedalConfig, PedalReading, pedal_for
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +178,7 @@ def find_input_device(config: EvdevPedalConfig) -> InputDeviceLike:
     )
 
 
+@pedal_for(EvdevPedalConfig)
 class EvdevPedal(ButtonPedal):
     def __init__(self, config: EvdevPedalConfig, device: InputDeviceLike | None = None):
         super().__init__(config.mode)
@@ -314,6 +315,7 @@ def find_joystick(pygame: Any, config: JoystickPedalConfig) -> Any:
     return joystick
 
 
+@pedal_for(JoystickPedalConfig)
 class JoystickPedal(ButtonPedal):
     def __init__(self, config: JoystickPedalConfig):
         super().__init__(config.mode)

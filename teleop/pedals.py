@@ -57,6 +57,19 @@ class Pedal(abc.ABC):
         pass
 
 
+# Which Pedal reads each PedalConfig; each pedal module registers its own with `pedal_for`, so this
+# module needs to know none of them (teleop/__init__ imports every pedal module).
+PEDALS: dict[type[PedalConfig], type[Pedal]] = {}
+
+
+def pedal_for(config_type: type[PedalConfig]):
+    def register(pedal_type: type[Pedal]) -> type[Pedal]:
+        PEDALS[config_type] = pedal_type
+        return pedal_type
+
+    return register
+
+
 @PedalConfig.register_subclass("constant")
 @dataclass
 class ConstantPedalConfig(PedalConfig):
@@ -64,6 +77,7 @@ class ConstantPedalConfig(PedalConfig):
     pressed: bool = False
 
 
+@pedal_for(ConstantPedalConfig)
 class ConstantPedal(Pedal):
     def __init__(self, config: ConstantPedalConfig):
         self.reading = PedalReading(pressed=config.pressed)
@@ -86,6 +100,7 @@ class ScheduledPedalConfig(PedalConfig):
                 raise ValueError(f"pedal.down: {span} is not a [start, end) frame range")
 
 
+@pedal_for(ScheduledPedalConfig)
 class ScheduledPedal(Pedal):
     def __init__(self, config: ScheduledPedalConfig):
         self.spans = [range(a, b) for a, b in config.down]
@@ -131,6 +146,7 @@ class SimPedalConfig(PedalConfig):
             raise ValueError(f"pedal.window: {self.window} must be >= 2")
 
 
+@pedal_for(SimPedalConfig)
 class SimPedal(Pedal):
     def __init__(self, config: SimPedalConfig):
         self.config = config
@@ -200,6 +216,7 @@ class KeyboardPedalConfig(PedalConfig):
     estop_key: str = "e"
 
 
+@pedal_for(KeyboardPedalConfig)
 class KeyboardPedal(Pedal):
     def __init__(self, config: KeyboardPedalConfig):
         self.config = config
@@ -249,16 +266,6 @@ class KeyboardPedal(Pedal):
 
 
 def make_pedal(config: PedalConfig) -> Pedal:
-    from teleop.pedal_devices import EvdevPedal, EvdevPedalConfig, JoystickPedal, JoystickPedalConfig
-
-    pedals = {
-        ConstantPedalConfig: ConstantPedal,
-        ScheduledPedalConfig: ScheduledPedal,
-        SimPedalConfig: SimPedal,
-        KeyboardPedalConfig: KeyboardPedal,
-        EvdevPedalConfig: EvdevPedal,
-        JoystickPedalConfig: JoystickPedal,
-    }
-    if type(config) not in pedals:
+    if type(config) not in PEDALS:
         raise ValueError(f"pedal.type: no pedal for {config.type!r}")
-    return pedals[type(config)](config)
+    return PEDALS[type(config)](config)

@@ -10,17 +10,30 @@ from __future__ import annotations
 
 import logging
 import threading
+from dataclasses import dataclass, field
 
 import numpy as np
 import zmq
+from lerobot.teleoperators.config import TeleoperatorConfig
 from lerobot.teleoperators.utils import make_teleoperator_from_config
 
-from flywheel.configs import TeleopProcessConfig
-from flywheel.protocol import LatestValueSubscriber, MessageType, ProtocolError, Publisher
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.protocol import LatestValueSubscriber, MessageType, ProtocolError, Publisher
 from teleop.observation import ObservationView
-from teleop.pedals import ConstantPedalConfig, make_pedal
+from teleop.pedals import ConstantPedalConfig, PedalConfig, make_pedal
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TeleopProcessConfig:
+    """The teleop process: reads the operator device and the pedal, publishes them to the daemon."""
+
+    teleop: TeleoperatorConfig | None = None
+    pedal: PedalConfig | None = None
+    wire: WireConfig = field(default_factory=WireConfig)
+    # Publish rate in Hz when no observation arrives (keep it at or above the control rate).
+    fps: int = 60
 
 
 def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) -> None:

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.dataset import DataType, EpisodeInfo, dataset_features, open_for_append, save_episode, snapshot
+from flywheel.contracts.dataset import (
+    DataType,
+    EpisodeInfo,
+    dataset_features,
+    open_for_append,
+    save_episode,
+    snapshot,
+)
 
 FEATURES = dataset_features({"a": float, "b": float}, {"x": float}, use_videos=False)
 

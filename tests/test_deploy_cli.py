@@ -5,9 +5,9 @@ from __future__ import annotations
 import zmq
 
 from flywheel.cli import main
+from flywheel.contracts.registry import ModelRegistry
 from flywheel.rollout.hotswap import HotSwap
 from tests.netutil import free_address
-from trainer.registry import ModelRegistry
 
 
 def _registry_with_one_version(tmp_path) -> ModelRegistry:

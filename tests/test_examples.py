@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.dataset import episode_table
+from flywheel.contracts.dataset import episode_table
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MUJOCO_GL": "egl"}

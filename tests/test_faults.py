@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.configs import WireConfig
-from flywheel.dataset import DataType
+from flywheel.contracts.dataset import DataType
+from flywheel.contracts.endpoints import WireConfig
 from flywheel.rollout.daemon import RolloutDaemon
 from flywheel.rollout.teleop_link import TeleopSnapshot
 from tests.netutil import free_address

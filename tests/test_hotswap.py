@@ -12,14 +12,17 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from safetensors.torch import load_file, save_file
 
 from benchmarks.fixtures import tiny_sim_checkpoint
-from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
-from flywheel.protocol import MessageType, request
+from flywheel.contracts.dataset import DatasetConfig
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.protocol import MessageType, request
+from flywheel.contracts.registry import WEIGHTS_FILE, ModelRegistry, sha256_file
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import SimArmConfig
 from tests.netutil import free_address
 from tests.test_rollout import FramePedal, ScriptedOperator
-from trainer.registry import WEIGHTS_FILE, ModelRegistry, sha256_file
 
 
 def tiny_checkpoint(path: Path, seed: int) -> Path:

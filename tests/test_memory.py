@@ -17,25 +17,28 @@ import pandas as pd
 from lerobot.datasets.utils import build_dataset_frame, load_episodes
 
 from benchmarks.fixtures import tiny_sim_checkpoint
-from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
-from flywheel.dataset import (
+from flywheel.contracts.dataset import (
     DONE,
     INTERVENTION,
     POLICY_VERSION,
     REWARD,
+    DatasetConfig,
     DataType,
     EpisodeInfo,
     dataset_features,
     open_for_append,
     save_episode,
 )
-from flywheel.protocol import MessageType, request
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.protocol import MessageType, request
+from flywheel.contracts.registry import ModelRegistry
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import SimArmConfig
 from tests.test_hotswap import _fields, _wait_for_frames
 from tests.test_rollout import FramePedal, ScriptedOperator
-from trainer.registry import ModelRegistry
 
 STATE = {f"joint_{i}": float for i in range(3)}
 ACTION = {f"delta_{i}": float for i in range(2)}

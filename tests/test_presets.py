@@ -13,18 +13,15 @@ import yaml
 
 from flywheel import presets
 from flywheel.cli import COMMANDS, main
-from flywheel.configs import (
-    DatasetConfig,
-    PolicySourceConfig,
-    RecordConfig,
-    RolloutConfig,
-    RunConfig,
-    TeleopProcessConfig,
-    WireConfig,
-)
+from flywheel.configs import RecordConfig, RunConfig
+from flywheel.contracts.dataset import DatasetConfig
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.rollout.config import RolloutConfig
+from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.safety import SafetyConfig
 from robots.sim import SimArmConfig
 from teleop.pedals import ConstantPedalConfig, KeyboardPedalConfig, SimPedalConfig
+from teleop.process import TeleopProcessConfig
 from teleop.sim_operator import SimOperatorConfig
 
 SIM_YAML = presets.CONFIGS_DIR / "robots" / "sim.yaml"

@@ -18,9 +18,10 @@ import pytest
 import zmq
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.configs import DatasetConfig, RolloutConfig, WireConfig
-from flywheel.dataset import episode_table
-from flywheel.protocol import LatestValueSubscriber, MessageType
+from flywheel.contracts.dataset import DatasetConfig, episode_table
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.protocol import LatestValueSubscriber, MessageType
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
 from flywheel.rollout.teleop_link import RemoteTeleop
 from robots.sim import ACTION_NAMES, SimArmConfig

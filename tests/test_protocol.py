@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zmq
 
-from flywheel.protocol import (
+from flywheel.contracts.protocol import (
     MAX_ARRAYS,
     MAX_HEADER_BYTES,
     PROTOCOL_VERSION,

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
-from flywheel.dataset import episode_table
+from flywheel.contracts.dataset import DatasetConfig, episode_table
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import ACTION_NAMES, SimArmConfig
 from teleop.pedals import Pedal, PedalReading

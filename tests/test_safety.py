@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.configs import DatasetConfig, RolloutConfig, WireConfig
+from flywheel.contracts.dataset import DatasetConfig
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
 from flywheel.rollout.safety import SafetyConfig, SafetyLayer
 from flywheel.rollout.teleop_link import LocalTeleop

@@ -8,9 +8,9 @@ import time
 import pytest
 import zmq
 
-from flywheel.protocol import LatestValueSubscriber, MessageType, Publisher, request
+from flywheel.contracts.protocol import LatestValueSubscriber, MessageType, Publisher, request
+from flywheel.contracts.security import Security, is_loopback, make_keys
 from flywheel.rollout.hotswap import HotSwap
-from flywheel.security import Security, is_loopback, make_keys
 from tests.netutil import free_address
 
 

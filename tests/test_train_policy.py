@@ -12,8 +12,8 @@ import pytest
 
 import trainer.train_policy as train_policy_module
 from flywheel.cli import main as flywheel_main
-from flywheel.dataset import dataset_features
-from flywheel.policy_source import LeRobotChunkPolicy
+from flywheel.contracts.dataset import dataset_features
+from flywheel.rollout.policy_source import LeRobotChunkPolicy
 from robots.sim import ACTION_NAMES, STATE_NAMES
 from tests.netutil import free_address
 from trainer.train_policy import TrainPolicyConfig, train_policy

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-import flywheel.dataset
+import flywheel.contracts.dataset
 from flywheel.cli import main as flywheel_main
-from flywheel.dataset import DataType, EpisodeInfo, open_for_append, save_episode
+from flywheel.contracts.dataset import DataType, EpisodeInfo, open_for_append, save_episode
 from tests.test_dataset import FEATURES, _frame, stock_dataset, tree
 from trainer.loop import WORK_MARKER, Trainer, TrainerConfig
 from trainer.train_policy import TrainPolicyConfig, train_policy
@@ -137,7 +137,9 @@ def test_a_snapshot_that_fails_half_way_leaves_nothing_and_is_made_again(tmp_pat
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(flywheel.dataset.shutil, "copy2", disk_full)  # after the episode files are linked
+    monkeypatch.setattr(
+        flywheel.contracts.dataset.shutil, "copy2", disk_full
+    )  # after the episode files are linked
     with pytest.raises(OSError, match="No space left"):
         Trainer(cfg).iterate("nightly")
     assert not (tmp_path / "work" / "iter-0001").exists()  # a half-made snapshot was left behind before

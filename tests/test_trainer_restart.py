@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from flywheel.cli import main as flywheel_main
+from flywheel.contracts.registry import ModelRegistry
 from flywheel.recap.indicator_balance import labels_of
 from tests.netutil import free_address
-from trainer.registry import ModelRegistry
 
 
 def _trainer(tmp_path, data):

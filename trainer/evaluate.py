@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
-from flywheel.policy_source import ChunkPolicy
+from flywheel.contracts.dataset import DatasetConfig
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.policy_source import ChunkPolicy, PolicySourceConfig
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import SimArmConfig
 from teleop.pedals import ConstantPedal, ConstantPedalConfig

@@ -31,9 +31,13 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from flywheel.configs import DatasetConfig, PolicySourceConfig
-from flywheel.dataset import dataset_features
-from flywheel.policy_source import LeRobotChunkPolicy, hold_action, make_chunk_policy
+from flywheel.contracts.dataset import DatasetConfig, dataset_features
+from flywheel.rollout.policy_source import (
+    LeRobotChunkPolicy,
+    PolicySourceConfig,
+    hold_action,
+    make_chunk_policy,
+)
 from flywheel.rollout.safety import SafetyConfig, SafetyLayer
 from robots.sim import SimArm, SimArmConfig
 from robots.sim.tasks import get_task

@@ -18,8 +18,8 @@ from pathlib import Path
 import pandas as pd
 import zmq
 
-from flywheel.protocol import LatestValueSubscriber, MessageType
-from flywheel.security import Security
+from flywheel.contracts.protocol import LatestValueSubscriber, MessageType
+from flywheel.contracts.security import Security
 
 
 def saved_episodes(dataset_root: Path) -> list[int]:

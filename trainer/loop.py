@@ -34,10 +34,11 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from flywheel.configs import WireConfig
-from flywheel.dataset import snapshot
+from flywheel.contracts.dataset import snapshot
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.protocol import MessageType, request
+from flywheel.contracts.registry import ModelRegistry
 from flywheel.policies.pi_star_recap.conditioning import report_conditioning
-from flywheel.protocol import MessageType, request
 from flywheel.recap.indicator_balance import indicator_balanced_weights, labels_of
 from flywheel.recap.labeling import LabelConfig, run_labeling
 from flywheel.recap.sampler import DataTypeWeights, frame_weights
@@ -45,7 +46,6 @@ from flywheel.recap.source import LabelInputError, check_dataset, load_source
 from flywheel.viz.config import RerunConfig
 from trainer.gate import GateConfig, decide, holdout_episodes
 from trainer.intake import EpisodeIntake
-from trainer.registry import ModelRegistry
 from trainer.schedule import next_occurrence, parse_clock
 from trainer.train_policy import TrainPolicyConfig, train_policy
 

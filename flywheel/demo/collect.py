@@ -16,14 +16,17 @@ from pathlib import Path
 
 import zmq
 
-from flywheel.configs import DatasetConfig, PolicySourceConfig, RolloutConfig, WireConfig
-from flywheel.protocol import MessageType, request
+from flywheel.contracts.dataset import DatasetConfig
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.protocol import MessageType, request
+from flywheel.contracts.registry import ModelRegistry
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import EpisodeResult, RolloutDaemon
+from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import SimArmConfig
 from teleop.pedals import ConstantPedal, ConstantPedalConfig, SimPedal, SimPedalConfig
 from teleop.sim_operator import SimOperator, SimOperatorConfig
-from trainer.registry import ModelRegistry
 
 BAD_SKILLS = ("slow", "drift", "burst", "noisy")
 REPO_ID = "local/flywheel-demo"

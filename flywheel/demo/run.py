@@ -39,6 +39,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flywheel.contracts.registry import ModelRegistry
 from flywheel.demo import baselines as bl
 from flywheel.demo import collect
 from flywheel.demo.config import METHODS, DemoConfig
@@ -55,7 +56,6 @@ from flywheel.recap.labeling import LabelConfig, Labels, run_labeling
 from flywheel.recap.source import Source, load_source
 from trainer.evaluate import EVAL_SEED_OFFSET, summarize_scenes
 from trainer.evaluate_batched import DEFAULT_BATCH_SIZE, scenes_batched
-from trainer.registry import ModelRegistry
 
 log = logging.getLogger(__name__)
 

@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from flywheel.policies.recap_value import RecapValueConfig
 from flywheel.recap import advantages as adv
 from flywheel.recap import iql
 from flywheel.recap.iql import IQLSettings
@@ -34,7 +35,6 @@ from flywheel.recap.train_value import (
     predict,
     save_value_model,
 )
-from flywheel.recap.value import RecapValueConfig
 from flywheel.recap.writer import LABELS_FILE, check_output_root, label_columns, write_labeled
 
 log = logging.getLogger(__name__)

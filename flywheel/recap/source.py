@@ -16,7 +16,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 from PIL import Image
 
-from flywheel.dataset import INTERVENTION, read_json_retrying
+from flywheel.contracts.dataset import INTERVENTION, read_json_retrying
 
 STATE = "observation.state"
 DATA_TYPE_IDS = {"demo": 0, "auto": 1, "intervention": 2}

@@ -17,9 +17,13 @@ import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 from tqdm import tqdm
 
+from flywheel.policies.recap_value import (
+    RecapValueConfig,
+    RecapValuePolicy,
+    make_recap_value_pre_post_processors,
+)
+from flywheel.policies.recap_value.modeling_recap_value import TARGET_KEY
 from flywheel.recap.source import STATE, Source
-from flywheel.recap.value import RecapValueConfig, RecapValuePolicy, make_recap_value_pre_post_processors
-from flywheel.recap.value.modeling_recap_value import TARGET_KEY
 
 log = logging.getLogger(__name__)
 

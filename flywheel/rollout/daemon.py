@@ -20,20 +20,20 @@ from lerobot.robots.robot import Robot
 from lerobot.robots.utils import make_robot_from_config
 from lerobot.teleoperators.utils import make_teleoperator_from_config
 
-from flywheel.configs import RolloutConfig
-from flywheel.dataset import DataType, EpisodeInfo, dataset_features, open_for_append
-from flywheel.policy_source import ChunkPolicy, LeRobotChunkPolicy, hold_action, make_chunk_policy
-from flywheel.protocol import MessageType, Publisher
+from flywheel.contracts.dataset import DataType, EpisodeInfo, dataset_features, open_for_append
+from flywheel.contracts.protocol import MessageType, Publisher
+from flywheel.contracts.registry import WEIGHTS_FILE, sha256_file
 from flywheel.rollout.cadence import CadenceReport, RateKeeper
+from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.hotswap import Deployment, HotSwap
 from flywheel.rollout.policy_runner import PolicyRunner
+from flywheel.rollout.policy_source import ChunkPolicy, LeRobotChunkPolicy, hold_action, make_chunk_policy
 from flywheel.rollout.recorder import NullRecorder, Recorder, SavedEpisode
 from flywheel.rollout.safety import SafetyLayer
 from flywheel.rollout.takeover import ControlState, TakeoverMachine
 from flywheel.rollout.teleop_link import LocalTeleop, RemoteTeleop, TeleopSnapshot
 from teleop.observation import ObservationView
 from teleop.pedals import make_pedal
-from trainer.registry import WEIGHTS_FILE, sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -21,10 +21,10 @@ import torch
 import zmq
 from safetensors import safe_open
 
-from flywheel.policy_source import ChunkPolicy
-from flywheel.protocol import Message, MessageType, ProtocolError, decode, encode
-from flywheel.security import Security, secure_server
-from trainer.registry import WEIGHTS_FILE, sha256_file
+from flywheel.contracts.protocol import Message, MessageType, ProtocolError, decode, encode
+from flywheel.contracts.registry import WEIGHTS_FILE, sha256_file
+from flywheel.contracts.security import Security, secure_server
+from flywheel.rollout.policy_source import ChunkPolicy
 
 log = logging.getLogger(__name__)
 

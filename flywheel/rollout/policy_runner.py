@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.policy_source import ChunkPolicy
+from flywheel.rollout.policy_source import ChunkPolicy
 
 log = logging.getLogger(__name__)
 

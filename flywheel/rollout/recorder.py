@@ -19,7 +19,7 @@ import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.datasets.utils import build_dataset_frame
 
-from flywheel.dataset import DONE, INTERVENTION, POLICY_VERSION, REWARD, EpisodeInfo, save_episode
+from flywheel.contracts.dataset import DONE, INTERVENTION, POLICY_VERSION, REWARD, EpisodeInfo, save_episode
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,8 @@ import numpy as np
 import zmq
 from lerobot.teleoperators.teleoperator import Teleoperator
 
-from flywheel.protocol import LatestValueSubscriber, MessageType
-from flywheel.security import Security
+from flywheel.contracts.protocol import LatestValueSubscriber, MessageType
+from flywheel.contracts.security import Security
 from teleop.observation import ObservationView
 from teleop.pedals import EPISODE_KEYS, Pedal
 

@@ -1,6 +1,6 @@
 """Rerun views of the flywheel: the rollout live, datasets replayed, relabeled episodes (docs/rerun.md).
 
-Names are imported lazily: flywheel.configs imports `flywheel.viz.config` for every command, and
+Names are imported lazily: the rollout config imports `flywheel.viz.config` for every command, and
 that must not pull in rerun (and its ~0.3 s import) unless a recording is asked for.
 """
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import rerun as rr
 import rerun.blueprint as rrb
 
-from flywheel.files import unused_path
+from flywheel.contracts.files import unused_path
 from flywheel.viz.config import RerunConfig
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.dataset import episode_table
+from flywheel.contracts.dataset import episode_table
 from robots.emulators.base import relaxed_sdk_timeouts_env
 from robots.emulators.dynamixel import emulated_koch
 from robots.emulators.feetech import emulated_so100

@@ -16,10 +16,11 @@ import torch
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.configs.types import FeatureType, PolicyFeature
 
-from flywheel.policies.pi_star_recap import PiStarRECAPConfig, PiStarRECAPPolicy, config_checks
+from flywheel.policies.pi_star_recap import PiStarRECAPConfig, PiStarRECAPPolicy, build_checks, config_checks
 from flywheel.policies.pi_star_recap import modeling_pi_star_recap as modeling
 
-LOGGER = "flywheel.policies.pi_star_recap.config_checks"
+# config_checks.py and build_checks.py both log under the package.
+LOGGERS = ("flywheel.policies.pi_star_recap.config_checks", "flywheel.policies.pi_star_recap.build_checks")
 STATE_DIM, ACTION_DIM, CHUNK = 6, 3, 4
 HUB_NAME = "google/gemma-2b-it"  # the seed's value: a hub name, never downloaded here
 
@@ -37,14 +38,15 @@ def tiny_config(**overrides) -> PiStarRECAPConfig:
 
 
 def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == LOGGER and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name in LOGGERS and r.levelno == logging.WARNING]
 
 
 @pytest.fixture(autouse=True)
 def _capture(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch):
-    caplog.set_level(logging.WARNING, logger=LOGGER)
+    for logger in LOGGERS:
+        caplog.set_level(logging.WARNING, logger=logger)
     # The batch warnings are once per process; each test starts from none given.
-    monkeypatch.setattr(config_checks, "_WARNED_BATCH", set())
+    monkeypatch.setattr(build_checks, "_WARNED_BATCH", set())
 
 
 # The seed's values, which equal the IQL defaults: a typed value must speak even so.

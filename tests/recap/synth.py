@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.dataset import FLYWHEEL_FRAME_FEATURES, DataType, EpisodeInfo, save_episode
+from flywheel.contracts.dataset import FLYWHEEL_FRAME_FEATURES, DataType, EpisodeInfo, save_episode
 
 FEATURES = {
     "observation.state": {"dtype": "float32", "shape": (4,), "names": ["x", "dx", "task", "noise"]},

@@ -6,9 +6,9 @@ import pytest
 import torch
 from lerobot.configs.types import FeatureType, PolicyFeature
 
-from flywheel.recap.value import RecapValueConfig, RecapValuePolicy
-from flywheel.recap.value.configuration_recap_value import VLMSettings
-from flywheel.recap.value.modeling_recap_value import TARGET_KEY
+from flywheel.policies.recap_value import RecapValueConfig, RecapValuePolicy
+from flywheel.policies.recap_value.configuration_recap_value import VLMSettings
+from flywheel.policies.recap_value.modeling_recap_value import TARGET_KEY
 
 STATE = PolicyFeature(FeatureType.STATE, (6,))
 CAMERA = PolicyFeature(FeatureType.VISUAL, (3, 32, 32))
@@ -52,7 +52,7 @@ def test_preset_trains_a_step_and_round_trips(preset, tmp_path: Path):
 
 def test_vlm_loads_local_pretrained_weights(tmp_path: Path):
     """The vlm preset reads SigLIP and Gemma weights from local directories (save_pretrained layout)."""
-    from flywheel.recap.value.vlm_backbone import build_language, build_vision
+    from flywheel.policies.recap_value.vlm_backbone import build_language, build_vision
 
     small = VLMSettings(image_size=32)
     vision, language = build_vision(small), build_language(small)

@@ -3,11 +3,11 @@
 import numpy as np
 import torch
 
+from flywheel.policies.recap_value import RecapValueConfig
+from flywheel.policies.recap_value.distributional import bin_centers, expected_value, two_hot
 from flywheel.recap.labeling import RewardConfig, rewards_and_returns
 from flywheel.recap.source import load_source
 from flywheel.recap.train_value import FitSettings, fit, new_value_model, predict
-from flywheel.recap.value import RecapValueConfig
-from flywheel.recap.value.distributional import bin_centers, expected_value, two_hot
 from tests.recap.synth import LENGTH
 
 

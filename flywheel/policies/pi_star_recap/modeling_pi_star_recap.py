@@ -19,7 +19,7 @@ from lerobot.utils.constants import ACTION, OBS_STATE
 from torch import Tensor, nn
 
 from flywheel.policies.pi_star_recap import batch_inputs as bi
-from flywheel.policies.pi_star_recap import config_checks
+from flywheel.policies.pi_star_recap import build_checks
 from flywheel.policies.pi_star_recap.configuration_pi_star_recap import PiStarRECAPConfig
 from flywheel.policies.pi_star_recap.iql import advantage_weights
 from flywheel.policies.pi_star_recap.network import PiStarRECAPNetwork, PrefixInputs
@@ -67,7 +67,7 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         self.config = config
         self.tokenizer = make_tokenizer(config.tokenizer_path)
         base = self._base_weights_path() if load_base_weights else None
-        config_checks.check_build(config, base, new_model=load_base_weights)  # before any allocation
+        build_checks.check_build(config, base, new_model=load_base_weights)  # before any allocation
         if base is not None and init_weights:
             init_weights = not covers(base, _network_keys(config))
         self.model = _build_network(config) if init_weights else uninitialized(lambda: _build_network(config))
@@ -208,7 +208,7 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         actions = self._padded_actions(batch)
         device = actions.device
         bsize = actions.shape[0]
-        config_checks.check_training_batch(self, batch)  # once: labels the seed's weights need
+        build_checks.check_training_batch(self, batch)  # once: labels the seed's weights need
         indicators = self._training_indicators(batch, bsize)
         errors = self.model.flow_loss(self._prefix_inputs(batch, indicators), actions)
         per_sample = self._masked_mean(errors[..., : cfg.action_dim], batch)

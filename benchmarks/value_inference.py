@@ -1,6 +1,6 @@
 """Value inference speed: batched (as `flywheel label` runs it) vs one frame at a time.
 
-python -m flywheel.recap.bench_inference DATASET MODEL_DIR   (MODEL_DIR: OUT/meta/recap_value)
+python -m benchmarks.value_inference DATASET MODEL_DIR   (MODEL_DIR: OUT/meta/recap_value)
 """
 
 from __future__ import annotations

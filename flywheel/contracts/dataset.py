@@ -312,3 +312,16 @@ def read_json_retrying(path: Path, attempts: int = 20) -> dict:
         except json.JSONDecodeError:
             time.sleep(0.05)
     raise ValueError(f"{path}: not valid JSON after {attempts} reads")
+
+
+@dataclass
+class DatasetConfig:
+    # Where episodes are recorded (a LeRobotDataset v3). Appended to when it exists.
+    root: Path = Path("outputs/datasets/flywheel")
+    # The dataset's repo id (used only as a name: nothing is pushed).
+    repo_id: str = "local/flywheel"
+    # Store camera streams as videos (LeRobot's default) instead of per-frame PNG in parquet.
+    # Off by default: LeRobot v3 appends episodes to shared video files, which rewrites them.
+    video: bool = False
+    # Record at all (off: benchmarks and dry runs; nothing is written).
+    record: bool = True

@@ -18,8 +18,8 @@ import torch
 from lerobot.policies.pretrained import PreTrainedPolicy
 from torch import Tensor, nn
 
-from flywheel.recap.value.configuration_recap_value import STATE_KEY, RecapValueConfig
-from flywheel.recap.value.distributional import cross_entropy, expected_value
+from flywheel.policies.recap_value.configuration_recap_value import STATE_KEY, RecapValueConfig
+from flywheel.policies.recap_value.distributional import cross_entropy, expected_value
 
 TARGET_KEY = "value_target"
 
@@ -83,7 +83,7 @@ class RecapValuePolicy(PreTrainedPolicy):
         self.camera_keys = sorted(k for k in config.input_features if k != STATE_KEY)
         state_dim = config.input_features[STATE_KEY].shape[0]
         if config.preset == "vlm":
-            from flywheel.recap.value.vlm_backbone import VLMTrunk  # transformers only when asked
+            from flywheel.policies.recap_value.vlm_backbone import VLMTrunk  # transformers only when asked
 
             self.trunk: nn.Module = VLMTrunk(config.vlm, state_dim, len(self.camera_keys))
         else:

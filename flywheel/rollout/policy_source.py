@@ -5,15 +5,41 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import draccus
 import numpy as np
 
-from flywheel.configs import PolicySourceConfig
-
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class PolicySourceConfig:
+    # A LeRobot pretrained policy folder (e.g. outputs/train/.../pretrained_model). Overrides `baseline`.
+    path: Path | None = None
+    # Without a path: `hold` (keep still) or `random` (a random walk that drifts, to exercise takeovers).
+    baseline: str = "hold"
+    # Recorded as policy_version on the frames it acts on. Default: the registry version when `path`
+    # is a registry folder (models/vNNNN), 1 for another pretrained folder, -1 for a baseline.
+    # (0 is reserved for the operator.)
+    version: int | None = None
+    # Device for a pretrained policy.
+    device: str = "cpu"
+    # Start computing the next chunk when this many actions are left in the queue.
+    refill_at: int = 5
+    # Torch threads for inference in the daemon (0: torch's default). One leaves a core to the
+    # control loop and the recorder on a small computer; more helps a large model on a big one.
+    torch_threads: int = 1
+    # Seed of the random baseline.
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.path is None and self.baseline not in ("hold", "random"):
+            raise ValueError(f"policy.baseline: {self.baseline!r} is not one of 'hold', 'random'")
+        if self.refill_at < 0:
+            raise ValueError(f"policy.refill_at: {self.refill_at} must be >= 0")
 
 
 class ChunkPolicy(Protocol):

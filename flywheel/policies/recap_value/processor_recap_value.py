@@ -19,7 +19,7 @@ from lerobot.processor import (
 from lerobot.processor.converters import policy_action_to_transition, transition_to_policy_action
 from lerobot.utils.constants import POLICY_POSTPROCESSOR_DEFAULT_NAME, POLICY_PREPROCESSOR_DEFAULT_NAME
 
-from flywheel.recap.value.configuration_recap_value import RecapValueConfig
+from flywheel.policies.recap_value.configuration_recap_value import RecapValueConfig
 
 
 def make_recap_value_pre_post_processors(

@@ -1,6 +1,6 @@
 """Compare labeling settings on a dataset whose truth is known (sim operators' skills).
 
-    python -m flywheel.recap.quality_sweep DATASET [--folds 1 3] [--seeds 0 1] [--steps 800] [--iql]
+    python -m benchmarks.label_quality_sweep DATASET [--folds 1 3] [--seeds 0 1] [--steps 800] [--iql]
 
 Trains V once per (folds, seed) and evaluates every advantage mode x threshold mode x fraction on
 it: share of good-operator frames positive / share of bad-operator frames positive, and the AUC.

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import AutoModel, AutoTokenizer, GemmaConfig, SiglipVisionConfig, SiglipVisionModel
 
-from flywheel.recap.value.configuration_recap_value import VLMSettings
+from flywheel.policies.recap_value.configuration_recap_value import VLMSettings
 
 
 class ByteTokenizer:

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import zmq
 
-from flywheel.security import Security, secure_client, secure_server
+from flywheel.contracts.security import Security, secure_client, secure_server
 
 PROTOCOL_VERSION = 1
 MAX_HEADER_BYTES = 64 * 1024
