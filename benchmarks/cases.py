@@ -21,7 +21,7 @@ import torch
 from benchmarks.fixtures import SIM_ACTION_DIM, SIM_STATE_DIM, tiny_sim_checkpoint
 from flywheel.contracts.dataset import DatasetConfig
 from flywheel.contracts.endpoints import WireConfig
-from flywheel.contracts.protocol import MessageType, request
+from flywheel.contracts.messages import DeployRequest
 from flywheel.contracts.registry import ModelRegistry
 from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
@@ -141,13 +141,9 @@ def hot_swap(work: Path, quick: bool) -> dict[str, Any]:
         _wait(lambda: len(clock.starts) > 30)
         for i in range(swaps):
             version = 2 if i % 2 == 0 else 1
-            fields = {
-                "version": version,
-                "path": str(registry.path(version)),
-                "sha256": registry.manifest(version).sha256,
-            }
-            reply = request(daemon._ctx, daemon.cfg.wire.deploy, MessageType.DEPLOY, fields, timeout_s=60)
-            statuses.append(reply.fields["status"])
+            deploy = DeployRequest.of_version(registry, version)
+            reply = daemon.deploy(deploy, timeout_s=60)
+            statuses.append(reply.status)
             swap_ticks.append(len(clock.starts))
             time.sleep(1.0)
     finally:

@@ -34,6 +34,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from benchmarks.fixtures import tiny_sim_checkpoint
 from flywheel.contracts.dataset import DatasetConfig
 from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.messages import DeployReply, DeployRequest, send_deploy
 from flywheel.contracts.protocol import MessageType, decode, request
 from flywheel.contracts.registry import WEIGHTS_FILE, ModelRegistry
 from flywheel.rollout.config import RolloutConfig
@@ -106,8 +107,7 @@ def _soak(work: Path, minutes: float, cache: Path) -> dict[str, Any]:
     alive = True
     deadline = time.monotonic() + minutes * 60
     try:
-        while daemon._last_observation is None:
-            time.sleep(0.1)
+        daemon.wait_until_running()
         rss_start = process.memory_info().rss
         t0 = time.monotonic()
         cycle = 0
@@ -116,17 +116,18 @@ def _soak(work: Path, minutes: float, cache: Path) -> dict[str, Any]:
             for frames in HOSTILE:
                 refused += raw_request(ctx, wire.deploy, frames)["status"] == "rejected"
                 injected["hostile_messages"] += 1
-            reply = request(ctx, wire.deploy, MessageType.DEPLOY, {"version": "garbage"}, 60)
+            # A deliberately malformed body, spelled by hand: the daemon's decoder must refuse it.
+            reply = DeployReply.from_message(
+                request(ctx, wire.deploy, MessageType.DEPLOY, {"version": "garbage"}, 60)
+            )
             injected["garbage_deploys"] += 1
-            refused += reply.fields["status"] == "rejected"
-            reply = request(ctx, wire.deploy, MessageType.DEPLOY, corrupt, 60)
+            refused += reply.status == "rejected"
+            reply = send_deploy(ctx, wire.deploy, corrupt, 60)
             injected["corrupt_deploys"] += 1
-            refused += reply.fields["status"] == "rejected"
+            refused += reply.status == "rejected"
             version = 2 if cycle % 2 else 1
-            fields = {"version": version, "path": str(registry.path(version)),
-                      "sha256": registry.manifest(version).sha256}  # fmt: skip
-            status = request(ctx, wire.deploy, MessageType.DEPLOY, fields, 60).fields["status"]
-            injected["swaps"] += status in ("swapped", "queued")
+            reply = send_deploy(ctx, wire.deploy, DeployRequest.of_version(registry, version), 60)
+            injected["swaps"] += reply.accepted
             time.sleep(10)
             samples.append(
                 (
@@ -187,12 +188,11 @@ def _tree_bytes(root: Path) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file()) if root.exists() else 0
 
 
-def _corrupted_copy(registry: ModelRegistry, work: Path) -> dict:
-    """Deploy fields for version 2 with its weights file truncated (but the announced hash kept)."""
-    fields = {"version": 2, "sha256": registry.manifest(2).sha256}
+def _corrupted_copy(registry: ModelRegistry, work: Path) -> DeployRequest:
+    """A well-formed deploy of version 2 whose weights file is truncated (the announced hash kept)."""
     broken = work / "broken"
     broken.mkdir()
     for f in registry.path(2).iterdir():
         data = f.read_bytes()
         (broken / f.name).write_bytes(data[: len(data) // 2] if f.name == WEIGHTS_FILE else data)
-    return {**fields, "path": str(broken)}
+    return DeployRequest(2, broken, registry.manifest(2).sha256)

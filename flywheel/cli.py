@@ -83,11 +83,11 @@ def _run(cfg: RunConfig) -> int:
 def _deploy(cfg: DeployConfig) -> int:
     import zmq
 
-    from flywheel.contracts.protocol import MessageType, request
+    from flywheel.contracts.messages import DeployRequest, send_deploy
     from flywheel.contracts.registry import ModelRegistry
 
     if cfg.rollback:
-        fields: dict = {"rollback": True}
+        deploy = DeployRequest.back()
     else:
         registry = ModelRegistry(cfg.registry)
         version = cfg.version or registry.latest()
@@ -95,21 +95,15 @@ def _deploy(cfg: DeployConfig) -> int:
             print(f"flywheel deploy: registry: no versions in {cfg.registry}", file=sys.stderr)
             return 2
         try:
-            manifest = registry.manifest(version)
+            deploy = DeployRequest.of_version(registry, version)
         except FileNotFoundError as e:  # names the version and the registry
             print(f"flywheel deploy: {e} (versions there: {registry.versions() or 'none'})", file=sys.stderr)
             return 2
-        fields = {
-            "version": version,
-            "path": str(registry.path(version).resolve()),
-            "sha256": manifest.sha256,
-        }
     try:
-        reply = request(
+        reply = send_deploy(
             zmq.Context.instance(),
             cfg.wire.deploy,
-            MessageType.DEPLOY,
-            fields,
+            deploy,
             cfg.timeout_s,
             cfg.wire.security("operator"),
             connect_timeout_s=cfg.connect_timeout_s,
@@ -120,8 +114,8 @@ def _deploy(cfg: DeployConfig) -> int:
     except TimeoutError as e:
         print(f"flywheel deploy: {e} (is the rollout daemon running?)", file=sys.stderr)
         return 1
-    print(" ".join(f"{k}={v}" for k, v in reply.fields.items()))
-    return 0 if reply.fields.get("status") in ("swapped", "queued") else 1
+    print(" ".join(f"{k}={v}" for k, v in reply.fields().items()))
+    return 0 if reply.accepted else 1
 
 
 def _label(cfg) -> int:

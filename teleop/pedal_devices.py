@@ -26,7 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from teleop.observation import ObservationView
+from flywheel.contracts.messages import Observation
 from teleop.pedals import EPISODE_KEYS, Pedal, PedalConfig, PedalReading, pedal_for
 
 log = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ class ButtonPedal(Pedal):
         with self._lock:
             return dict(self._counts)
 
-    def read(self, view: ObservationView | None) -> PedalReading:
+    def read(self, view: Observation | None) -> PedalReading:
         with self._lock:
             return PedalReading(pressed=self._pressed, keys=dict(self._counts))
 

@@ -24,12 +24,10 @@ from dataclasses import dataclass, field
 import draccus
 import numpy as np
 
+from flywheel.contracts.messages import EPISODE_KEYS, Observation
 from robots.sim.tasks import get_task
-from teleop.observation import ObservationView
 
 log = logging.getLogger(__name__)
-
-EPISODE_KEYS = ("success", "failure", "rerecord", "estop")
 
 
 @dataclass
@@ -50,7 +48,7 @@ class Pedal(abc.ABC):
         pass
 
     @abc.abstractmethod
-    def read(self, view: ObservationView | None) -> PedalReading:
+    def read(self, view: Observation | None) -> PedalReading:
         """The pedal now; `view` is the newest observation (None if none arrived yet)."""
 
     def disconnect(self) -> None:  # noqa: B027
@@ -82,7 +80,7 @@ class ConstantPedal(Pedal):
     def __init__(self, config: ConstantPedalConfig):
         self.reading = PedalReading(pressed=config.pressed)
 
-    def read(self, view: ObservationView | None) -> PedalReading:
+    def read(self, view: Observation | None) -> PedalReading:
         return self.reading
 
 
@@ -105,7 +103,7 @@ class ScheduledPedal(Pedal):
     def __init__(self, config: ScheduledPedalConfig):
         self.spans = [range(a, b) for a, b in config.down]
 
-    def read(self, view: ObservationView | None) -> PedalReading:
+    def read(self, view: Observation | None) -> PedalReading:
         return PedalReading(pressed=view is not None and any(view.frame in span for span in self.spans))
 
 
@@ -162,7 +160,7 @@ class SimPedal(Pedal):
         self._released_at_frame = -(10**9)
         self._last_frame = -1
 
-    def read(self, view: ObservationView | None) -> PedalReading:
+    def read(self, view: Observation | None) -> PedalReading:
         if view is None:
             return PedalReading(pressed=False)
         if view.episode != self._episode:
@@ -173,7 +171,7 @@ class SimPedal(Pedal):
             self._step(view)
         return PedalReading(pressed=self._pressed)
 
-    def _step(self, view: ObservationView) -> None:
+    def _step(self, view: Observation) -> None:
         c = self.config
         distance = get_task(view.sim_task, field="observation.sim_task").progress_distance(view.state)
         self._history.append(distance)
@@ -253,7 +251,7 @@ class KeyboardPedal(Pedal):
                 elif char in keys:
                     self._reading.keys[keys[char]] += 1
 
-    def read(self, view: ObservationView | None) -> PedalReading:
+    def read(self, view: Observation | None) -> PedalReading:
         with self._lock:
             return PedalReading(self._reading.pressed, dict(self._reading.keys))
 

@@ -18,8 +18,8 @@ from lerobot.teleoperators.config import TeleoperatorConfig
 from lerobot.teleoperators.utils import make_teleoperator_from_config
 
 from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.messages import Observation, TeleopState
 from flywheel.contracts.protocol import LatestValueSubscriber, MessageType, ProtocolError, Publisher
-from teleop.observation import ObservationView
 from teleop.pedals import ConstantPedalConfig, PedalConfig, make_pedal
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) ->
     # A simulated operator acts once per observation it sees (its noise and delays are per frame);
     # a real device is read on every loop.
     observing = hasattr(teleoperator, "observe")
-    view: ObservationView | None = None
+    view: Observation | None = None
     action = dict.fromkeys(names, 0.0)
     try:
         while not stop.is_set():
@@ -83,16 +83,15 @@ def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) ->
             if not observing:
                 action = teleoperator.get_action()
             reading = pedal.read(view)
-            publisher.publish(
-                MessageType.TELEOP_STATE,
-                {
-                    "episode": view.episode if view else -1,
-                    "frame": view.frame if view else -1,
-                    "pressed": reading.pressed,
-                    "keys": reading.keys,
-                    "names": names,
-                },
-                {"action": np.array([action[n] for n in names], dtype=np.float32)},
+            publisher.send(
+                TeleopState(
+                    episode=view.episode if view else -1,
+                    frame=view.frame if view else -1,
+                    pressed=reading.pressed,
+                    keys=reading.keys,
+                    names=tuple(names),
+                    action=np.array([action[n] for n in names], dtype=np.float32),
+                )
             )
     finally:
         observations.stop()
@@ -101,12 +100,12 @@ def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) ->
         teleoperator.disconnect()
 
 
-def _newest_view(observations: LatestValueSubscriber) -> ObservationView | None:
+def _newest_view(observations: LatestValueSubscriber) -> Observation | None:
     received = observations.latest(MessageType.OBSERVATION)
     if received is None:
         return None
     try:
-        return ObservationView.from_message(received.message)
+        return Observation.from_message(received.message)
     except ProtocolError as e:
         log.warning("ignored an observation: %s", e)
         return None

@@ -9,10 +9,24 @@ import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from flywheel.contracts.dataset import (
+    DATA_TYPE,
+    END_REASON,
+    EPISODE_COLUMNS,
+    NUM_INTERVENTION_FRAMES,
+    OPERATOR,
+    POLICY_VERSIONS,
+    ROBOT,
+    SEED,
+    SUCCESS,
     DataType,
     EpisodeInfo,
+    FrameType,
+    data_files,
     dataset_features,
+    episode_files,
     open_for_append,
+    read_episode_table,
+    read_frame_table,
     save_episode,
     snapshot,
 )
@@ -114,3 +128,28 @@ def test_a_never_used_dataset_with_anything_else_in_it_is_refused_not_removed(tm
     with pytest.raises(FileExistsError, match=r"notes\.txt"):
         open_for_append(root, "t/x", 30, FEATURES, "arm", False)
     assert (root / "meta" / "notes.txt").read_text() == "mine"
+
+
+def test_frame_types_and_data_types_are_one_mapping():
+    assert [t.data_type for t in FrameType] == list(DataType)
+    assert [FrameType.of(str(t)) for t in DataType] == list(FrameType)
+    assert [int(t) for t in FrameType] == [0, 1, 2]  # stored in sampler weights and demo reports
+
+
+def test_the_episode_column_constants_are_episode_info_fields():
+    columns = (DATA_TYPE, SUCCESS, NUM_INTERVENTION_FRAMES, POLICY_VERSIONS, OPERATOR, ROBOT, SEED)
+    assert (*columns, END_REASON) == EPISODE_COLUMNS
+
+
+def test_the_readers_give_every_episode_and_frame_in_order(tmp_path):
+    dataset = open_for_append(tmp_path / "ds", "t/x", 30, FEATURES, "arm", False)
+    for e in range(2):
+        for k in range(3):
+            dataset.add_frame(_frame(k))
+        save_episode(dataset, EpisodeInfo(DataType.DEMO if e else DataType.AUTO, success=bool(e)))
+    assert len(data_files(tmp_path / "ds")) == len(episode_files(tmp_path / "ds")) == 2  # one file each
+    episodes = read_episode_table(episode_files(tmp_path / "ds"))
+    assert episodes["episode_index"].tolist() == [0, 1] and episodes[DATA_TYPE].tolist() == ["auto", "demo"]
+    frames = read_frame_table(data_files(tmp_path / "ds"), ["index", "episode_index"])
+    assert frames["index"].tolist() == list(range(6))
+    assert frames["episode_index"].tolist() == [0, 0, 0, 1, 1, 1]

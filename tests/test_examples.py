@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
-from flywheel.contracts.dataset import episode_table
+from flywheel.contracts.dataset import episode_table, labels_path
 
 REPO = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "MUJOCO_GL": "egl"}
@@ -48,7 +48,7 @@ def test_prepare_then_train(recap_dataset, tmp_path):
                     f"--output_dir={out}", *SMALL])  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "train/pretrained_model/model.safetensors").exists()
-    assert (out / "labeled/meta/recap_labels.json").exists()
+    assert labels_path(out / "labeled").exists()
 
 
 def test_the_seed_command_reads_the_local_copy_of_repo_id(recap_dataset, tmp_path):

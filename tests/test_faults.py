@@ -9,7 +9,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from flywheel.contracts.dataset import DataType
 from flywheel.contracts.endpoints import WireConfig
 from flywheel.rollout.daemon import RolloutDaemon
-from flywheel.rollout.teleop_link import TeleopSnapshot
+from flywheel.rollout.teleop_link import TeleopLink, TeleopSnapshot
 from tests.netutil import free_address
 from tests.test_rollout import FramePedal, LocalTeleop, ScriptedOperator, make_config
 from tests.test_safety import JOINTS, PositionArm, StillPolicy
@@ -33,7 +33,7 @@ class BrokenPolicy:
         pass
 
 
-class DeadTeleop:
+class DeadTeleop(TeleopLink):
     """The teleop process died with the pedal down: its last state says pressed, and it ages."""
 
     def start(self):
@@ -77,7 +77,7 @@ def test_a_stale_operator_stream_holds_position_during_an_intervention(tmp_path)
     assert result.intervention_frames == 0 and result.data_type == DataType.AUTO
 
 
-class EstopAt:
+class EstopAt(TeleopLink):
     """The operator's emergency-stop key, pressed on one frame."""
 
     def __init__(self, frame: int):

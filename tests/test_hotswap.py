@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from pathlib import Path
@@ -14,6 +15,7 @@ from safetensors.torch import load_file, save_file
 from benchmarks.fixtures import tiny_sim_checkpoint
 from flywheel.contracts.dataset import DatasetConfig
 from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.messages import DeployReply, DeployRequest
 from flywheel.contracts.protocol import MessageType, request
 from flywheel.contracts.registry import WEIGHTS_FILE, ModelRegistry, sha256_file
 from flywheel.rollout.config import RolloutConfig
@@ -29,8 +31,8 @@ def tiny_checkpoint(path: Path, seed: int) -> Path:
     return tiny_sim_checkpoint(path, seed=seed, chunk_size=10)
 
 
-def tampered_copy(registry: ModelRegistry, version: int, change) -> dict:
-    """Republish `version` with its weights changed by `change(state_dict)`; returns deploy fields."""
+def tampered_copy(registry: ModelRegistry, version: int, change) -> DeployRequest:
+    """Republish `version` with its weights changed by `change(state_dict)`; returns its deploy."""
     source = registry.path(version)
     weights = load_file(source / WEIGHTS_FILE)
     change(weights)
@@ -41,11 +43,7 @@ def tampered_copy(registry: ModelRegistry, version: int, change) -> dict:
             (staging / f.name).write_bytes(f.read_bytes())
     save_file(weights, staging / WEIGHTS_FILE)
     manifest = registry.publish(staging, parent=version)
-    return {
-        "version": manifest.version,
-        "path": str(registry.path(manifest.version)),
-        "sha256": manifest.sha256,
-    }
+    return DeployRequest.of_version(registry, manifest.version)
 
 
 def test_registry_numbers_versions_never_overwrites_and_verifies(tmp_path):
@@ -85,7 +83,7 @@ def test_daemon_swaps_good_weights_between_ticks_and_refuses_bad_ones(tmp_path):
     registry.publish(tiny_checkpoint(tmp_path / "b", seed=1), parent=1)
     v1, v2 = registry.manifest(1), registry.manifest(2)
     bad = {
-        "corrupted": {**_fields(registry, 2), "sha256": "0" * 64},
+        "corrupted": dataclasses.replace(_deploy(registry, 2), sha256="0" * 64),
         "nan": tampered_copy(
             registry, 2, lambda w: next(t.fill_(float("nan")) for t in w.values() if t.is_floating_point())
         ),
@@ -111,18 +109,13 @@ def test_daemon_swaps_good_weights_between_ticks_and_refuses_bad_ones(tmp_path):
     replies = {}
     try:
         _wait_for_frames(daemon, 10)
-        for name, fields in bad.items():
-            replies[name] = request(daemon._ctx, wire.deploy, MessageType.DEPLOY, fields, timeout_s=60).fields
-        replies["garbage"] = request(
-            daemon._ctx, wire.deploy, MessageType.DEPLOY, {"version": "x"}, 60
-        ).fields
-        replies["good"] = request(
-            daemon._ctx, wire.deploy, MessageType.DEPLOY, _fields(registry, 2), 60
-        ).fields
+        for name, deploy in bad.items():
+            replies[name] = daemon.deploy(deploy, timeout_s=60)
+        garbage = request(daemon.context, wire.deploy, MessageType.DEPLOY, {"version": "x"}, 60)  # by hand
+        replies["garbage"] = DeployReply.from_message(garbage)
+        replies["good"] = daemon.deploy(_deploy(registry, 2), 60)
         time.sleep(0.5)
-        replies["rollback"] = request(
-            daemon._ctx, wire.deploy, MessageType.DEPLOY, {"rollback": True}, 60
-        ).fields
+        replies["rollback"] = daemon.deploy(DeployRequest.back(), 60)
         time.sleep(0.5)
         runner.join(timeout=60)  # the episode runs to its timeout and is saved
     finally:
@@ -131,14 +124,14 @@ def test_daemon_swaps_good_weights_between_ticks_and_refuses_bad_ones(tmp_path):
             runner.join(timeout=60)
 
     for name in ("corrupted", "nan", "wrong_shape", "garbage"):
-        assert replies[name]["status"] == "rejected", (name, replies[name])
-        assert replies[name]["acting_version"] == 1
-    assert "sha256" in replies["corrupted"]["reason"]
-    assert "non-finite" in replies["nan"]["reason"]
-    assert "shapes" in replies["wrong_shape"]["reason"]
-    assert "deploy.version" in replies["garbage"]["reason"]
-    assert replies["good"] == {"status": "swapped", "version": 2, "acting_version": 2}
-    assert replies["rollback"] == {"status": "swapped", "version": 1, "acting_version": 1}
+        assert replies[name].status == "rejected", (name, replies[name])
+        assert replies[name].acting_version == 1
+    assert "sha256" in replies["corrupted"].reason
+    assert "non-finite" in replies["nan"].reason
+    assert "shapes" in replies["wrong_shape"].reason
+    assert "deploy.version" in replies["garbage"].reason
+    assert replies["good"].fields() == {"status": "swapped", "version": 2, "acting_version": 2}
+    assert replies["rollback"].fields() == {"status": "swapped", "version": 1, "acting_version": 1}
 
     dataset = LeRobotDataset("test/swap", root=tmp_path / "ds")
     versions = [int(dataset[i]["policy_version"]) for i in range(dataset.num_frames)]
@@ -147,12 +140,8 @@ def test_daemon_swaps_good_weights_between_ticks_and_refuses_bad_ones(tmp_path):
     assert runs == [v1.version, v2.version, v1.version], runs  # v1 until the swap, v2, then rolled back
 
 
-def _fields(registry: ModelRegistry, version: int) -> dict:
-    return {
-        "version": version,
-        "path": str(registry.path(version)),
-        "sha256": registry.manifest(version).sha256,
-    }
+def _deploy(registry: ModelRegistry, version: int) -> DeployRequest:
+    return DeployRequest.of_version(registry, version)
 
 
 def _wait_for_frames(daemon: RolloutDaemon, frames: int, timeout: float = 60.0) -> None:

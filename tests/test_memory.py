@@ -30,14 +30,13 @@ from flywheel.contracts.dataset import (
     save_episode,
 )
 from flywheel.contracts.endpoints import WireConfig
-from flywheel.contracts.protocol import MessageType, request
 from flywheel.contracts.registry import ModelRegistry
 from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
 from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import SimArmConfig
-from tests.test_hotswap import _fields, _wait_for_frames
+from tests.test_hotswap import _deploy, _wait_for_frames
 from tests.test_rollout import FramePedal, ScriptedOperator
 
 STATE = {f"joint_{i}": float for i in range(3)}
@@ -105,25 +104,24 @@ def test_hot_swapped_out_policies_are_freed(tmp_path):
         episode_time_s=60.0,
         report_cadence=False,
     )
-    daemon = RolloutDaemon(cfg, link=LocalTeleop(ScriptedOperator(), FramePedal(range(0))))
-    loaded = [weakref.ref(daemon.policy)]
-    load = daemon._load_deployment
 
     def load_and_track(deployment):
-        policy = load(deployment)
+        policy = daemon.load_deployment(deployment)  # the daemon's own loader
         loaded.append(weakref.ref(policy))
         return policy
 
-    daemon._load_deployment = load_and_track
+    link = LocalTeleop(ScriptedOperator(), FramePedal(range(0)))
+    daemon = RolloutDaemon(cfg, link=link, load_policy=load_and_track)
+    loaded = [weakref.ref(daemon.policy)]
     runner = threading.Thread(target=daemon.run)
     runner.start()
     statuses = []
     try:
         _wait_for_frames(daemon, 1)
         for swap in range(8):
-            fields = _fields(registry, 2 if swap % 2 == 0 else 1)
-            reply = request(daemon._ctx, wire.deploy, MessageType.DEPLOY, fields, timeout_s=60)
-            statuses.append(reply.fields["status"])
+            deploy = _deploy(registry, 2 if swap % 2 == 0 else 1)
+            reply = daemon.deploy(deploy, timeout_s=60)
+            statuses.append(reply.status)
     finally:
         daemon.stop()
         runner.join(timeout=60)

@@ -20,6 +20,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from flywheel.contracts.dataset import DatasetConfig, episode_table
 from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.messages import EpisodeSaved, Observation
 from flywheel.contracts.protocol import LatestValueSubscriber, MessageType
 from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
@@ -58,16 +59,18 @@ def test_sigkill_mid_episode_leaves_saved_episodes_loadable_and_appendable(tmp_p
         while time.monotonic() < deadline:
             saved = sub.latest(MessageType.EPISODE_SAVED)
             obs = sub.latest(MessageType.OBSERVATION)
+            saved = saved and EpisodeSaved.from_message(saved.message)
+            obs = obs and Observation.from_message(obs.message)
             # Mid-episode: two episodes saved, and a later one than the last saved is 50+ frames in.
             if (
                 saved
                 and obs
-                and saved.message.fields["episode_index"] >= 1
-                and obs.message.fields["frame"] >= 50
-                and obs.message.fields["episode"] > saved.message.fields["episode_index"]
+                and saved.episode_index >= 1
+                and obs.frame >= 50
+                and obs.episode > saved.episode_index
             ):
                 proc.send_signal(signal.SIGKILL)
-                killed_at = obs.message.fields
+                killed_at = obs
                 break
             time.sleep(0.005)
         assert killed_at is not None, "the daemon never got two episodes saved and a third under way"
@@ -80,7 +83,7 @@ def test_sigkill_mid_episode_leaves_saved_episodes_loadable_and_appendable(tmp_p
     dataset = LeRobotDataset("test/killed", root=root)
     saved_episodes = dataset.num_episodes
     assert saved_episodes >= 2
-    assert saved_episodes <= killed_at["episode"]  # the episode in progress is not there
+    assert saved_episodes <= killed_at.episode  # the episode in progress is not there
     table = episode_table(dataset)
     assert table["length"].sum() == dataset.num_frames
     frames_before = dataset.num_frames
@@ -280,7 +283,7 @@ def test_sigkill_of_the_teleop_process_mid_intervention_holds_then_resumes_after
 
     def saved_up_to(index: int) -> bool:
         latest = saved.latest(MessageType.EPISODE_SAVED)
-        return latest is not None and latest.message.fields["episode_index"] >= index
+        return latest is not None and EpisodeSaved.from_message(latest.message).episode_index >= index
 
     def driven(k: Tick) -> bool:
         """The operator drove this tick: pedal down and a state fresh enough to act on."""

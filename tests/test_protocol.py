@@ -6,11 +6,23 @@ import json
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import pytest
 import zmq
 
+from flywheel.contracts.messages import (
+    EPISODE_KEYS,
+    DeployReply,
+    DeployRequest,
+    EpisodeSaved,
+    EpisodeStarted,
+    Observation,
+    PolicySwapped,
+    TeleopState,
+    send_deploy,
+)
 from flywheel.contracts.protocol import (
     MAX_ARRAYS,
     MAX_HEADER_BYTES,
@@ -311,17 +323,21 @@ def test_subscriber_keeps_the_latest_per_type_and_filters_topics(ctx, subscriber
     try:
         sub = _subscribe(ctx, subscribers, free_tcp_address, [OBS, MessageType.EPISODE_SAVED])
 
+        observation = Observation(3, 7, "push", ("a",), np.ones(1, dtype=np.float32))
+        saved = EpisodeSaved(2, 40, "auto", True, "/tmp/ds")
+
         def poke():
-            pub.publish(MessageType.TELEOP_STATE, {"k": "teleop"})
-            pub.publish(OBS, {"k": "obs"})
-            pub.publish(MessageType.EPISODE_SAVED, {"k": "saved"})
+            pub.send(TeleopState(3, 7, False, dict.fromkeys(EPISODE_KEYS, 0), (), None))
+            pub.send(observation)
+            pub.send(saved)
 
         assert _wait_for(
             lambda: sub.latest(OBS) is not None and sub.latest(MessageType.EPISODE_SAVED) is not None,
             poke=poke,
         )
-        assert sub.latest(OBS).message.fields == {"k": "obs"}
-        assert sub.latest(MessageType.EPISODE_SAVED).message.fields == {"k": "saved"}
+        got = Observation.from_message(sub.latest(OBS).message)
+        assert (got.episode, got.frame, got.names) == (3, 7, ("a",))
+        assert EpisodeSaved.from_message(sub.latest(MessageType.EPISODE_SAVED).message) == saved
         assert sub.latest(MessageType.TELEOP_STATE) is None  # not subscribed
         assert sub.latest(MessageType.EPISODE_STARTED) is None  # never sent
     finally:
@@ -402,3 +418,194 @@ def test_an_older_message_from_the_same_sender_never_replaces_a_newer_one(ctx, s
     send("b", 1)  # a restarted publisher is a new sender: its first message is taken
     assert _wait_for(lambda: sub.latest(MessageType.EPISODE_SAVED).message.sender == "b")
     raw.close()
+
+
+# --------------------------------------------------------------------------------------------------
+# payloads (flywheel/contracts/messages.py): one class per message type
+
+
+def _wire(msg: Message) -> Message:
+    """Through the framing and back, as a receiver gets it."""
+    return decode(encode(msg))
+
+
+SHA = "ab" * 32
+
+
+def test_observation_round_trip():
+    sent = Observation(1, 2, "push the puck", ("x", "y"), np.array([0.5, -1.0], dtype=np.float32), "push-v3")
+    msg = sent.to_message()
+    assert msg.type is MessageType.OBSERVATION
+    assert msg.fields == {
+        "episode": 1,
+        "frame": 2,
+        "task": "push the puck",
+        "names": ["x", "y"],
+        "sim_task": "push-v3",
+    }
+    got = Observation.from_message(_wire(msg))
+    assert (got.episode, got.frame, got.task, got.names, got.sim_task) == (
+        1,
+        2,
+        "push the puck",
+        ("x", "y"),
+        "push-v3",
+    )
+    np.testing.assert_array_equal(got.state, sent.state)
+    assert got.state.dtype == np.float32
+
+
+def test_teleop_state_round_trip():
+    keys = {"success": 1, "failure": 0, "rerecord": 2, "estop": 0}
+    sent = TeleopState(4, 9, True, keys, ("a", "b"), np.array([0.25, -0.5], dtype=np.float32))
+    msg = sent.to_message()
+    assert msg.fields == {"episode": 4, "frame": 9, "pressed": True, "keys": keys, "names": ["a", "b"]}
+    assert list(msg.arrays) == ["action"]
+    got = TeleopState.from_message(_wire(msg))
+    assert (got.episode, got.frame, got.pressed, dict(got.keys), got.names) == (4, 9, True, keys, ("a", "b"))
+    assert got.action_by_name() == {"a": 0.25, "b": -0.5}
+    assert TeleopState.answering(msg) == (4, 9)
+
+
+def test_teleop_state_decode_is_lenient_where_the_daemon_can_carry_on():
+    def state(fields, action):
+        return TeleopState.from_message(_wire(Message(MessageType.TELEOP_STATE, fields, action)))
+
+    names = {"names": ["a", "b"]}
+    assert state(names, {"action": np.array([1.0, np.nan], dtype=np.float32)}).action is None  # not finite
+    assert state(names, {"action": np.zeros(3, dtype=np.float32)}).action is None  # does not match names
+    assert state(names, {}).action_by_name() is None  # no action at all
+    got = state({"keys": {"success": 2, "jump": 5}, "episode": "x", "frame": 1.5}, {})
+    assert dict(got.keys) == {"success": 2}  # unknown keys dropped
+    assert (got.episode, got.frame, got.pressed, got.names) == (-1, -1, False, ())
+
+
+def test_episode_events_round_trip():
+    for sent in (
+        EpisodeStarted(3, "push"),
+        EpisodeSaved(5, 200, "intervention", False, "/d"),
+        PolicySwapped(2, 17),
+    ):
+        msg = sent.to_message()
+        assert msg.type is type(sent).TYPE
+        assert type(sent).from_message(_wire(msg)) == sent
+    assert EpisodeSaved(5, 200, "auto", True, "/d").to_message().fields == {
+        "episode_index": 5,
+        "length": 200,
+        "data_type": "auto",
+        "success": True,
+        "root": "/d",
+    }
+
+
+def test_deploy_request_and_reply_round_trip(tmp_path):
+    sent = DeployRequest(3, tmp_path / "v0003", SHA)
+    assert sent.to_message().fields == {"version": 3, "path": str(tmp_path / "v0003"), "sha256": SHA}
+    assert DeployRequest.from_message(_wire(sent.to_message())) == sent
+    back = DeployRequest.back()
+    assert back.to_message().fields == {"rollback": True}
+    assert DeployRequest.from_message(_wire(back.to_message())) == back
+    for reply, fields in (
+        (DeployReply("swapped", 3, version=3), {"status": "swapped", "version": 3, "acting_version": 3}),
+        (
+            DeployReply("rejected", None, reason="no"),
+            {"status": "rejected", "reason": "no", "acting_version": None},
+        ),
+    ):
+        assert list(reply.to_message().fields.items()) == list(fields.items())  # the order on the wire too
+        assert DeployReply.from_message(_wire(reply.to_message())) == reply
+
+
+def test_deploy_request_of_a_registry_version(tmp_path):
+    from flywheel.contracts.registry import WEIGHTS_FILE, ModelRegistry
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / WEIGHTS_FILE).write_bytes(b"weights")
+    registry = ModelRegistry(tmp_path / "models")
+    manifest = registry.publish(model)
+    deploy = DeployRequest.of_version(registry, manifest.version)
+    assert deploy == DeployRequest(1, registry.path(1).resolve(), manifest.sha256)
+    with pytest.raises(FileNotFoundError, match="v0002"):
+        DeployRequest.of_version(registry, 2)
+
+
+def _bad(msg_type: MessageType, fields: dict, arrays: dict | None = None) -> Message:
+    return _wire(Message(msg_type, fields, arrays or {}))
+
+
+OBS_FIELDS = {"episode": 0, "frame": 0, "task": "t", "names": ["a"], "sim_task": ""}
+SAVED_FIELDS = {"episode_index": 1, "length": 2, "data_type": "auto", "success": True, "root": "/d"}
+
+
+@pytest.mark.parametrize(
+    ("decoder", "msg", "error"),
+    [
+        (Observation, _bad(OBS, {**OBS_FIELDS, "frame": "7"}), "observation.fields.frame: '7'"),
+        (Observation, _bad(OBS, OBS_FIELDS, {"state": np.zeros(2, np.float32)}), "observation.arrays.state"),
+        (Observation, _bad(MessageType.EPISODE_SAVED, SAVED_FIELDS), "type: expected observation"),
+        (TeleopState, _bad(MessageType.TELEOP_STATE, {"names": "ab"}), "teleop_state.fields.names: 'ab'"),
+        (TeleopState, _bad(MessageType.TELEOP_STATE, {"keys": [1]}), "teleop_state.fields.keys: [1]"),
+        (TeleopState, _bad(MessageType.TELEOP_STATE, {"keys": {"estop": "x"}}), "teleop_state.fields.keys"),
+        (
+            EpisodeStarted,
+            _bad(MessageType.EPISODE_STARTED, {"episode": True, "task": "t"}),
+            "fields.episode: True",
+        ),
+        (EpisodeSaved, _bad(MessageType.EPISODE_SAVED, {**SAVED_FIELDS, "success": 1}), "fields.success: 1"),
+        (EpisodeSaved, _bad(MessageType.EPISODE_SAVED, {**SAVED_FIELDS, "root": None}), "fields.root: None"),
+        (PolicySwapped, _bad(MessageType.POLICY_SWAPPED, {"version": 2, "frame": 1.5}), "fields.frame: 1.5"),
+        (
+            DeployRequest,
+            _bad(MessageType.DEPLOY, {"version": 0}),
+            "deploy.version: 0 is not a positive integer",
+        ),
+        (
+            DeployRequest,
+            _bad(MessageType.DEPLOY, {"version": 1, "path": ""}),
+            "deploy.path: '' is not a path",
+        ),
+        (
+            DeployRequest,
+            _bad(MessageType.DEPLOY, {"version": 1, "path": "/p", "sha256": "ab"}),
+            "deploy.sha256: 'ab'",
+        ),
+        (DeployRequest, _bad(MessageType.TELEOP_STATE, {}), "type: expected deploy, got teleop_state"),
+        (DeployReply, _bad(MessageType.DEPLOY_REPLY, {"status": "ok"}), "deploy_reply.status: 'ok'"),
+        (
+            DeployReply,
+            _bad(MessageType.DEPLOY_REPLY, {"status": "swapped", "version": "2"}),
+            "deploy_reply.version: '2'",
+        ),
+        (
+            DeployReply,
+            _bad(MessageType.DEPLOY_REPLY, {"status": "rejected", "reason": 3}),
+            "deploy_reply.reason: 3",
+        ),
+    ],
+)
+def test_payload_decode_error_names_the_field_and_value(decoder, msg, error):
+    with pytest.raises(ProtocolError) as e:
+        decoder.from_message(msg)
+    assert error in str(e.value)
+
+
+def test_send_deploy_returns_the_typed_reply(ctx):
+    address = "inproc://test-send-deploy"
+    server = ctx.socket(zmq.REP)
+    server.bind(address)
+    got: list[DeployRequest] = []
+
+    def serve():
+        got.append(DeployRequest.from_message(decode(server.recv_multipart())))
+        server.send_multipart(encode(DeployReply("queued", 1, version=2).to_message()))
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        reply = send_deploy(ctx, address, DeployRequest(2, Path("/models/v0002"), SHA), timeout_s=5)
+    finally:
+        thread.join(timeout=5)
+        server.close()
+    assert got == [DeployRequest(2, Path("/models/v0002"), SHA)]
+    assert reply == DeployReply("queued", 1, version=2) and reply.accepted

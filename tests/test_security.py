@@ -8,6 +8,7 @@ import time
 import pytest
 import zmq
 
+from flywheel.contracts.messages import DeployReply, EpisodeSaved
 from flywheel.contracts.protocol import LatestValueSubscriber, MessageType, Publisher, request
 from flywheel.contracts.security import Security, is_loopback, make_keys
 from flywheel.rollout.hotswap import HotSwap
@@ -63,7 +64,7 @@ def test_curve_publisher_is_heard_only_by_authorised_keys(keys):
 
     def keep_publishing():
         while not stop:
-            publisher.publish(MessageType.EPISODE_SAVED, {"episode_index": 1})
+            publisher.send(EpisodeSaved(1, 10, "auto", True, "/tmp/ds"))
             time.sleep(0.02)
 
     thread = threading.Thread(target=keep_publishing)
@@ -93,12 +94,13 @@ def test_deploy_endpoint_answers_only_authorised_requests(keys):
             ctx,
             address,
             MessageType.DEPLOY,
-            {"version": 0},
+            {"version": 0},  # a bad body, by hand: refused, but only an authorised peer hears why
             5,
             Security(keys / "keys", "operator"),
             connect_timeout_s=1.0,  # the connect check sees the transport before the Curve handshake
         )
-        assert reply.fields["status"] == "rejected" and "deploy.version" in reply.fields["reason"]
+        reply = DeployReply.from_message(reply)
+        assert reply.status == "rejected" and "deploy.version" in reply.reason
         (keys / "stranger" / "public" / "daemon.key").write_bytes(
             (keys / "keys/public/daemon.key").read_bytes()
         )

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from gymnasium.utils import seeding
 
+from flywheel.contracts.messages import Observation
 from robots.sim import LOCAL_SIMS, SimArm, SimArmConfig
 from robots.sim.tasks import ACTION_NAMES, STATE_NAMES, get_task
-from teleop.observation import ObservationView
 from teleop.pedals import SimPedal, SimPedalConfig
 from teleop.sim_operator import SimOperator, SimOperatorConfig
 
@@ -326,7 +326,7 @@ def test_operator_keeps_still_before_it_sees_the_scene():
 def test_operator_acts_on_observations_it_is_given(arm):
     arm.reset_episode(0)
     operator = SimOperator(SimOperatorConfig(skill="good", noise_std=0.0, reaction_delay_frames=0))
-    view = ObservationView(0, 0, PUSH.instruction, STATE_NAMES, arm.state_vector(), "push-v3")
+    view = Observation(0, 0, PUSH.instruction, STATE_NAMES, arm.state_vector(), "push-v3")
     operator.observe(view)
     action = np.array([operator.get_action()[n] for n in ACTION_NAMES])
     expert = np.clip(PUSH.expert().get_action(arm.state_vector()), -1, 1)
@@ -360,7 +360,7 @@ GOAL = np.array([0.1, 0.8, 0.02])
 OBJ_TO_GOAL = float(np.linalg.norm(GOAL - OBJ))
 
 
-def _view(frame: int, distance: float, episode: int = 0) -> ObservationView:
+def _view(frame: int, distance: float, episode: int = 0) -> Observation:
     """A push-v3 observation whose progress distance is `distance` (the hand is off the puck in x)."""
     offset = distance - OBJ_TO_GOAL
     assert offset >= 0
@@ -368,7 +368,7 @@ def _view(frame: int, distance: float, episode: int = 0) -> ObservationView:
     state[0:3] = OBJ + np.array([offset, 0.0, 0.0])
     state[4:7] = OBJ
     state[36:39] = GOAL
-    return ObservationView(episode, frame, PUSH.instruction, STATE_NAMES, state, "push-v3")
+    return Observation(episode, frame, PUSH.instruction, STATE_NAMES, state, "push-v3")
 
 
 def test_view_helper_sets_the_progress_distance():

@@ -10,25 +10,26 @@ counted twice.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import pandas as pd
 import zmq
 
-from flywheel.contracts.protocol import LatestValueSubscriber, MessageType
+from flywheel.contracts.dataset import EPISODE_INDEX, episode_files, read_episode_files
+from flywheel.contracts.messages import EpisodeSaved
+from flywheel.contracts.protocol import LatestValueSubscriber, MessageType, ProtocolError, Received
 from flywheel.contracts.security import Security
+
+log = logging.getLogger(__name__)
 
 
 def saved_episodes(dataset_root: Path) -> list[int]:
     """Episode indices whose metadata is on disk (complete episodes only)."""
-    files = sorted((Path(dataset_root) / "meta" / "episodes").glob("*/*.parquet"))
-    indices: list[int] = []
-    for path in files:
-        indices += pd.read_parquet(path, columns=["episode_index"])["episode_index"].tolist()
-    return sorted(indices)
+    tables = read_episode_files(episode_files(Path(dataset_root)), columns=[EPISODE_INDEX])
+    return sorted(index for _, table in tables for index in table[EPISODE_INDEX].tolist())
 
 
 @dataclass
@@ -82,9 +83,19 @@ class EpisodeIntake:
             ctx,
             [address],
             [MessageType.EPISODE_SAVED],
-            on_message=lambda _: self._news.set(),
+            on_message=self._on_saved,
             security=security,
         ).start()
+
+    def _on_saved(self, received: Received) -> None:
+        # Only a wake-up: the scan that follows reads the dataset's own metadata, so even a
+        # notification this side cannot decode still wakes it.
+        try:
+            saved = EpisodeSaved.from_message(received.message)
+            log.debug("episode %d saved in %s", saved.episode_index, saved.root)
+        except ProtocolError as e:
+            log.warning("episode_saved: %s", e)
+        self._news.set()
 
     def wait(self, timeout_s: float) -> bool:
         """Sleep until a notification or the timeout (then a scan catches anything missed)."""

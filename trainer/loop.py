@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from flywheel.contracts.dataset import snapshot
+from flywheel.contracts.dataset import labels_path, snapshot
 from flywheel.contracts.endpoints import WireConfig
-from flywheel.contracts.protocol import MessageType, request
+from flywheel.contracts.messages import DeployRequest, send_deploy
 from flywheel.contracts.registry import ModelRegistry
 from flywheel.policies.pi_star_recap.conditioning import report_conditioning
 from flywheel.recap.indicator_balance import indicator_balanced_weights, labels_of
@@ -308,7 +308,7 @@ class Trainer:
 
     def _label(self, folder: Path) -> Path:
         out = folder / "labeled"
-        if (out / "meta" / "recap_labels.json").exists():
+        if labels_path(out).exists():
             return out  # labeled before a restart
         shutil.rmtree(out, ignore_errors=True)  # a half-written copy, in the trainer's own work_dir
         label_cfg = self.cfg.label
@@ -398,20 +398,15 @@ class Trainer:
         return self.intake.state.last_version
 
     def _deploy(self, version: int) -> None:
-        fields = {
-            "version": version,
-            "path": str(self.registry.path(version).resolve()),
-            "sha256": self.registry.manifest(version).sha256,
-        }
+        deploy = DeployRequest.of_version(self.registry, version)
         try:
-            reply = request(
+            reply = send_deploy(
                 self._ctx,
                 self.cfg.wire.deploy,
-                MessageType.DEPLOY,
-                fields,
+                deploy,
                 self.cfg.deploy_timeout_s,
                 self.cfg.wire.security("trainer"),
             )
-            log.info("deploy v%04d: %s", version, reply.fields)
+            log.info("deploy v%04d: %s", version, reply.fields())
         except TimeoutError as e:
             log.warning("deploy v%04d: %s; the daemon picks it up with `flywheel deploy`", version, e)

@@ -165,12 +165,7 @@ def _build(cfg: TrainPolicyConfig, device: torch.device):
 def _loader(cfg: TrainPolicyConfig, dataset: LeRobotDataset | FramesInMemory) -> torch.utils.data.DataLoader:
     sampler = None
     if cfg.sample_weights is not None:
-        weights = np.load(cfg.sample_weights)
-        if len(weights) != len(dataset):
-            raise ValueError(f"sample_weights: {len(weights)} weights for {len(dataset)} frames")
-        sampler = torch.utils.data.WeightedRandomSampler(
-            torch.as_tensor(weights, dtype=torch.double), num_samples=len(dataset), replacement=True
-        )
+        sampler = weighted_sampler(np.load(cfg.sample_weights), len(dataset))
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
@@ -180,6 +175,17 @@ def _loader(cfg: TrainPolicyConfig, dataset: LeRobotDataset | FramesInMemory) ->
         drop_last=len(dataset) > cfg.batch_size,
         # FramesInMemory.__getitems__ returns the batch itself; None: torch's default collate.
         collate_fn=already_batched if isinstance(dataset, FramesInMemory) else None,
+    )
+
+
+def weighted_sampler(weights: np.ndarray, num_frames: int) -> torch.utils.data.WeightedRandomSampler:
+    """The one sampler of weighted training: num_frames draws per epoch, with replacement, P(frame) ∝
+    its weight (flywheel.recap.sampler.frame_weights, or the positive-share weights), from torch's
+    global generator (seeded by set_seed)."""
+    if len(weights) != num_frames:
+        raise ValueError(f"sample_weights: {len(weights)} weights for {num_frames} frames")
+    return torch.utils.data.WeightedRandomSampler(
+        torch.as_tensor(weights, dtype=torch.double), num_samples=num_frames, replacement=True
     )
 
 

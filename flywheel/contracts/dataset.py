@@ -15,6 +15,11 @@ Per episode (extra columns of meta/episodes, next to LeRobot's own):
 Append-only: each saved episode is written to its own data and metadata parquet files, closed
 (with footers) before the next episode starts, so a crash loses at most the episode in progress and
 never touches what is saved.
+
+This module is the one owner of that on-disk contract: the layout (paths under the dataset's root,
+and the one reader of the episode metadata and frame tables), the column names, the label features
+a `flywheel label` output adds, and the episode and frame types (DataType, FrameType). The rest of
+the project reads and writes datasets through it.
 """
 
 from __future__ import annotations
@@ -25,25 +30,120 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Any
 
 import datasets
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets.fingerprint import generate_random_fingerprint
 from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-from lerobot.datasets.utils import DEFAULT_EPISODES_PATH, hw_to_dataset_features
+from lerobot.datasets.utils import DEFAULT_DATA_PATH, DEFAULT_EPISODES_PATH, hw_to_dataset_features
 
 log = logging.getLogger(__name__)
 
 # LeRobot's stats code converts the bool columns (intervention, next.done) and says so every episode.
 warnings.filterwarnings("ignore", message="Converting input from bool", category=RuntimeWarning)
 
+# --- On-disk layout (LeRobotDataset v3), relative to the dataset's root --------------------------
+INFO_FILE = "meta/info.json"
+STATS_FILE = "meta/stats.json"
+TASKS_FILE = "meta/tasks.parquet"
+EPISODES_DIR = "meta/episodes"  # <chunk>/<file>.parquet: one row per episode
+DATA_DIR = "data"  # <chunk>/<file>.parquet: one row per frame
+QUARANTINE_DIR = "quarantine"  # data files no saved episode refers to (quarantine_unindexed_files)
+LABELS_FILE = "meta/recap_labels.json"  # the labeling's report; marks a `flywheel label` output
+
+
+def info_path(root: Path | str) -> Path:
+    return Path(root) / INFO_FILE
+
+
+def labels_path(root: Path | str) -> Path:
+    """The labels report of a labeled dataset at `root`."""
+    return Path(root) / LABELS_FILE
+
+
+def data_file(chunk_index: int, file_index: int) -> Path:
+    """A data file's path relative to the dataset's root."""
+    return Path(DEFAULT_DATA_PATH.format(chunk_index=chunk_index, file_index=file_index))
+
+
+def episode_file(chunk_index: int, file_index: int) -> Path:
+    """An episode metadata file's path relative to the dataset's root."""
+    return Path(DEFAULT_EPISODES_PATH.format(chunk_index=chunk_index, file_index=file_index))
+
+
+def data_files(root: Path | str) -> list[Path]:
+    """Every frame file of the dataset at `root` (data/*/*.parquet), in path order."""
+    return sorted((Path(root) / DATA_DIR).glob("*/*.parquet"))
+
+
+def episode_files(root: Path | str) -> list[Path]:
+    """Every episode metadata file of the dataset at `root` (meta/episodes/*/*.parquet), in path order."""
+    return sorted((Path(root) / EPISODES_DIR).glob("*/*.parquet"))
+
+
+def read_episode_files(
+    files: Iterable[Path], *, columns: list[str] | None = None, skip_unfinished: bool = False
+) -> list[tuple[Path, pd.DataFrame]]:
+    """The table of each episode metadata file (`episode_files`), with its path.
+
+    A file the recorder is writing right now has no footer yet: with `skip_unfinished` it is left
+    out, otherwise its read error is raised."""
+    tables = []
+    for path in files:
+        try:
+            tables.append((path, pd.read_parquet(path, columns=columns)))
+        except Exception:  # no footer yet: the recorder is writing this episode now
+            if not skip_unfinished:
+                raise
+    return tables
+
+
+def read_episode_table(files: Iterable[Path], *, skip_unfinished: bool = False) -> pd.DataFrame | None:
+    """The episode metadata table: the files' tables (`read_episode_files`) concatenated, one row
+    per episode ordered by episode_index (a stable sort); None when no file could be read."""
+    tables = [table for _, table in read_episode_files(files, skip_unfinished=skip_unfinished)]
+    if not tables:
+        return None
+    table = pd.concat(tables, ignore_index=True)
+    return table.sort_values(EPISODE_INDEX, kind="stable").reset_index(drop=True)
+
+
+def frame_columns(files: Sequence[Path]) -> set[str]:
+    """The columns of the frame files (those of the first: LeRobot writes them all alike)."""
+    return set(pq.read_schema(files[0]).names)
+
+
+def iter_frame_tables(files: Iterable[Path], columns: list[str]) -> Iterator[pd.DataFrame]:
+    """The `columns` of each frame file (`data_files`), one table per file, in the files' order."""
+    for path in files:
+        yield pq.read_table(path, columns=columns).to_pandas()
+
+
+def read_frame_table(files: Iterable[Path], columns: list[str]) -> pd.DataFrame:
+    """The `columns` of every frame of the files (`data_files`), concatenated and ordered by the
+    frame's dataset `index` (a stable sort; `columns` must include it)."""
+    table = pd.concat(list(iter_frame_tables(files, columns)), ignore_index=True)
+    return table.sort_values(INDEX, kind="stable").reset_index(drop=True)
+
+
+# --- Column names ----------------------------------------------------------------------------------
+# LeRobot's own, which the flywheel's readers use
+INDEX = "index"
+EPISODE_INDEX = "episode_index"
+FRAME_INDEX = "frame_index"
+STATE = "observation.state"
+ACTION = "action"
+
+# The flywheel's per-frame features
 INTERVENTION = "intervention"
 POLICY_VERSION = "policy_version"
 REWARD = "next.reward"
@@ -56,11 +156,75 @@ FLYWHEEL_FRAME_FEATURES: dict[str, dict[str, Any]] = {
     DONE: {"dtype": "bool", "shape": (1,), "names": None},
 }
 
+# The flywheel's per-episode columns of meta/episodes (EpisodeInfo's fields, EPISODE_COLUMNS)
+DATA_TYPE = "data_type"
+SUCCESS = "success"
+NUM_INTERVENTION_FRAMES = "num_intervention_frames"
+POLICY_VERSIONS = "policy_versions"
+OPERATOR = "operator"
+ROBOT = "robot"
+SEED = "seed"
+END_REASON = "end_reason"
+
+# The per-frame features `flywheel label` adds (flywheel/recap/writer.py)
+VALUE = "value"  # V(o_t), normalized return (IQL: discounted return)
+ADVANTAGE = "advantage"  # A_t
+ADVANTAGE_POSITIVE = "advantage_positive"  # the binary RECAP indicator
+# The same indicator as 1.0 / 0.0: observation.* keys survive LeRobot's preprocessor, so this is the
+# one that reaches policy.forward under lerobot-train.
+OBS_ADVANTAGE_POSITIVE = "observation.advantage_positive"
+
+LABEL_FEATURES: dict[str, dict] = {
+    VALUE: {"dtype": "float32", "shape": (1,), "names": None},
+    ADVANTAGE: {"dtype": "float32", "shape": (1,), "names": None},
+    ADVANTAGE_POSITIVE: {"dtype": "bool", "shape": (1,), "names": None},
+    OBS_ADVANTAGE_POSITIVE: {"dtype": "float32", "shape": (1,), "names": None},
+}
+
 
 class DataType(StrEnum):
+    """An episode's type (its `data_type` column)."""
+
     DEMO = "demo"  # operator only (flywheel record)
     AUTO = "auto"  # the policy acted on every frame
     INTERVENTION = "intervention"  # the operator took over on at least one frame
+
+
+class FrameType(IntEnum):
+    """A frame's type, as the labeling and the trainer's sampler weigh it (`frame_types`).
+
+    Each member has the name of a DataType: a frame of a DEMO episode is DEMO; a frame of an AUTO
+    episode is AUTO; a frame of an INTERVENTION episode is INTERVENTION where the operator was in
+    control (its `intervention` flag), AUTO elsewhere."""
+
+    DEMO = 0
+    AUTO = 1
+    INTERVENTION = 2
+
+    @classmethod
+    def of(cls, data_type: str) -> FrameType:
+        """The type of an episode's frames by its `data_type` (KeyError for another value)."""
+        return FRAME_TYPE_OF_DATA_TYPE[data_type]
+
+    @property
+    def data_type(self) -> DataType:
+        """The episode data type of the same name (its str is the name datasets and reports use)."""
+        return DataType[self.name]
+
+
+# The one mapping between the two (keys are DataType members, which are also their str values).
+FRAME_TYPE_OF_DATA_TYPE: dict[str, FrameType] = {t: FrameType[t.name] for t in DataType}
+
+
+def frame_types(
+    episode_data_types: Sequence[str], frame_episode: np.ndarray, intervention: np.ndarray
+) -> np.ndarray:
+    """Per-frame FrameType ids (int64): `frame_episode` is each frame's position in
+    `episode_data_types`, `intervention` its intervention flag."""
+    episode_type = np.array([int(FRAME_TYPE_OF_DATA_TYPE[t]) for t in episode_data_types])[frame_episode]
+    ids = np.where(episode_type == FrameType.DEMO, int(FrameType.DEMO), int(FrameType.AUTO))
+    operator = (episode_type == FrameType.INTERVENTION) & intervention
+    return np.where(operator, int(FrameType.INTERVENTION), ids)
 
 
 @dataclass
@@ -104,7 +268,7 @@ def open_for_append(
     """
     root = Path(root)
     _forget_if_never_used(root)
-    if not (root / "meta" / "info.json").exists():
+    if not info_path(root).exists():
         if root.exists() and any(root.iterdir()):
             raise FileExistsError(f"dataset.root: {root} exists, is not empty and holds no LeRobot dataset")
         return LeRobotDataset.create(
@@ -130,7 +294,7 @@ def _forget_if_never_used(root: Path) -> None:
 
     Only that file and its two folders are removed, one by one (never a tree): a root holding
     anything else is refused and left as it is, since that is not what such a run leaves."""
-    info = root / "meta" / "info.json"
+    info = info_path(root)
     if not info.exists() or read_json_retrying(info).get("total_episodes") != 0:
         return
     others = sorted({*root.iterdir(), *info.parent.iterdir()} - {info, info.parent})
@@ -207,8 +371,8 @@ def _with_latest_episode(meta: LeRobotDatasetMetadata) -> datasets.Dataset:
     soak's steady growth, about 3 MB a minute (tests/test_memory.py, benchmarks/soak.py).
     """
     latest = meta.latest_episode  # the row LeRobot just wrote (the metadata buffer holds one)
-    path = meta.root / DEFAULT_EPISODES_PATH.format(
-        chunk_index=latest["meta/episodes/chunk_index"][0], file_index=latest["meta/episodes/file_index"][0]
+    path = meta.root / episode_file(
+        latest["meta/episodes/chunk_index"][0], latest["meta/episodes/file_index"][0]
     )
     new = pq.read_table(path)
     new = new.select([c for c in new.column_names if not c.startswith("stats/")])
@@ -224,16 +388,14 @@ def _with_latest_episode(meta: LeRobotDatasetMetadata) -> datasets.Dataset:
 def quarantine_unindexed_files(root: Path) -> list[Path]:
     """Move data files that no saved episode refers to (a crash between writing an episode's data
     and its metadata) into `root/quarantine/`, so the dataset loads. Nothing is deleted."""
-    episodes_dir = root / "meta" / "episodes"
     referenced: set[Path] = set()
-    for path in sorted(episodes_dir.glob("*/*.parquet")):
-        df = pd.read_parquet(path, columns=["data/chunk_index", "data/file_index"])
+    for _, df in read_episode_files(episode_files(root), columns=["data/chunk_index", "data/file_index"]):
         for chunk, file in zip(df["data/chunk_index"], df["data/file_index"], strict=True):
-            referenced.add(root / "data" / f"chunk-{chunk:03d}" / f"file-{file:03d}.parquet")
+            referenced.add(root / data_file(chunk, file))
     moved = []
-    for path in sorted((root / "data").glob("*/*.parquet")):
+    for path in data_files(root):
         if path not in referenced:
-            target = root / "quarantine" / path.relative_to(root)
+            target = root / QUARANTINE_DIR / path.relative_to(root)
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.move(path, target)
             log.warning("moved %s, which no saved episode refers to, to %s", path, target)
@@ -264,26 +426,21 @@ def snapshot(root: Path, dest: Path) -> list[int]:
         raise FileExistsError(f"snapshot: {dest} exists")
     if root.resolve() in dest.resolve().parents:
         raise ValueError(f"snapshot: {dest} must not be inside the dataset it copies ({root})")
-    rows = []
-    for path in sorted((root / "meta" / "episodes").glob("*/*.parquet")):
-        try:
-            rows.append((path, pd.read_parquet(path)))
-        except Exception:  # no footer yet: the recorder is writing this episode now
-            continue
+    rows = read_episode_files(episode_files(root), skip_unfinished=True)
     episodes = pd.concat([df for _, df in rows], ignore_index=True) if rows else pd.DataFrame()
     for path, _ in rows:
         _link(path, dest / path.relative_to(root))
     for relative in _data_files(episodes):
         _link(root / relative, dest / relative)
-    (dest / "meta").mkdir(parents=True, exist_ok=True)
-    for name in ("meta/stats.json", "meta/tasks.parquet"):
+    info_path(dest).parent.mkdir(parents=True, exist_ok=True)
+    for name in (STATS_FILE, TASKS_FILE):
         if (root / name).exists():
             shutil.copy2(root / name, dest / name)
-    info = read_json_retrying(root / "meta" / "info.json")
+    info = read_json_retrying(info_path(root))
     info["total_episodes"] = len(episodes)
     info["total_frames"] = int(episodes["length"].sum()) if len(episodes) else 0
     info["splits"] = {"train": f"0:{len(episodes)}"}
-    (dest / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    info_path(dest).write_text(json.dumps(info, indent=4))
     return sorted(int(i) for i in episodes.get("episode_index", []))
 
 
@@ -291,7 +448,7 @@ def _data_files(episodes: pd.DataFrame) -> list[Path]:
     """The data files the episodes' frames are in, each once: stock LeRobot (lerobot-record) packs
     several episodes into one file, which is linked once, not once per episode."""
     files = set(zip(episodes.get("data/chunk_index", []), episodes.get("data/file_index", []), strict=True))
-    return [Path("data") / f"chunk-{chunk:03d}" / f"file-{file:03d}.parquet" for chunk, file in sorted(files)]
+    return [data_file(chunk, file) for chunk, file in sorted(files)]
 
 
 def _link(source: Path, target: Path) -> None:

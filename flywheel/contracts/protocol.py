@@ -20,7 +20,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import zmq
@@ -150,6 +150,12 @@ def _is_dim(d: Any) -> bool:
     return isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= MAX_ARRAY_BYTES
 
 
+class Payload(Protocol):
+    """A typed message payload: each class in flywheel/contracts/messages.py is one."""
+
+    def to_message(self) -> Message: ...
+
+
 class Publisher:
     """A PUB socket that stamps each message with a sequence number and a monotonic time.
 
@@ -178,6 +184,11 @@ class Publisher:
                 msg_type, dict(fields or {}), dict(arrays or {}), self._seq, time.monotonic(), self._sender
             )
             self._socket.send_multipart(encode(msg), copy=False)
+
+    def send(self, payload: Payload) -> None:
+        """Publish a typed payload (flywheel/contracts/messages.py)."""
+        msg = payload.to_message()
+        self.publish(msg.type, msg.fields, msg.arrays)
 
     def close(self) -> None:
         with self._lock:

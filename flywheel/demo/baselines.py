@@ -29,6 +29,7 @@ from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.policies.factory import make_policy, make_pre_post_processors
 from lerobot.utils.import_utils import register_third_party_plugins
 
+from flywheel.contracts.dataset import FrameType
 from flywheel.demo.collect import REPO_ID
 from flywheel.policies.pi_star_recap import PiStarRECAPConfig
 from flywheel.recap.indicator_balance import indicator_balanced_weights
@@ -36,7 +37,7 @@ from flywheel.recap.iql import awr_weights
 from flywheel.recap.labeling import Labels
 from flywheel.recap.quality import skill_of
 from flywheel.recap.sampler import DataTypeWeights, frame_weights
-from flywheel.recap.source import DATA_TYPE_IDS, Source
+from flywheel.recap.source import Source
 from flywheel.recap.writer import check_output_root, label_columns, write_labeled
 from trainer.train_policy import TrainPolicyConfig, train_policy
 
@@ -138,7 +139,7 @@ def sft_weights(source: Source) -> np.ndarray:
 
 def filtered_weights(source: Source) -> np.ndarray:
     successful = source.episodes.success[source.frames.episode]
-    intervention = source.frame_data_type_ids() == DATA_TYPE_IDS["intervention"]
+    intervention = source.frame_data_type_ids() == FrameType.INTERVENTION
     return (successful | intervention).astype(np.float64)
 
 

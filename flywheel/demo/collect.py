@@ -10,15 +10,12 @@ validated and swapped in between two ticks.
 from __future__ import annotations
 
 import threading
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import zmq
-
 from flywheel.contracts.dataset import DatasetConfig
 from flywheel.contracts.endpoints import WireConfig
-from flywheel.contracts.protocol import MessageType, request
+from flywheel.contracts.messages import DeployRequest
 from flywheel.contracts.registry import ModelRegistry
 from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import EpisodeResult, RolloutDaemon
@@ -113,23 +110,6 @@ def random_policy_takeovers(
     return _summarize(RolloutDaemon(cfg, link=_takeover_link(seed)).run())
 
 
-class _GatedTeleop(LocalTeleop):
-    """Holds the daemon before its first tick until the deployed version is validated and waiting,
-    so every recorded frame is acted on by the new version (the swap happens at tick 0)."""
-
-    def __init__(self, link: LocalTeleop, daemon_ref: list[RolloutDaemon], timeout_s: float = 120.0):
-        super().__init__(link.teleoperator, link.pedal)
-        self._daemon_ref, self._timeout_s = daemon_ref, timeout_s
-
-    def start(self) -> None:
-        super().start()
-        hotswap = self._daemon_ref[0].hotswap
-        deadline = time.monotonic() + self._timeout_s
-        # The daemon's hot-swap thread fills its standby slot once the candidate passed validation.
-        while not hotswap.has_standby and hotswap.rejected == 0 and time.monotonic() < deadline:
-            time.sleep(0.01)
-
-
 def deployed_rollouts(
     root: Path,
     task: str,
@@ -149,21 +129,17 @@ def deployed_rollouts(
         else PolicySourceConfig(baseline="hold")
     )
     cfg = _rollout_config(root, task, first_seed, episodes, horizon, policy, "good")
-    daemon_ref: list[RolloutDaemon] = []
-    daemon = RolloutDaemon(cfg, link=_GatedTeleop(_takeover_link(seed), daemon_ref))
-    daemon_ref.append(daemon)
+    # The first episode waits until the deployed version is validated and waiting, so every recorded
+    # frame is acted on by the new version (the swap happens at tick 0).
+    daemon = RolloutDaemon(cfg, link=_takeover_link(seed), await_deploy_s=120.0)
     results: list[EpisodeResult] = []
     worker = threading.Thread(target=lambda: results.extend(daemon.run()), name="demo-daemon")
     worker.start()
-    fields = {
-        "version": version,
-        "path": str(registry.path(version).resolve()),
-        "sha256": registry.manifest(version).sha256,
-    }
+    deploy = DeployRequest.of_version(registry, version)
     try:
-        reply = request(zmq.Context.instance(), cfg.wire.deploy, MessageType.DEPLOY, fields, 120.0).fields
+        reply = daemon.deploy(deploy, 120.0)
     finally:
         worker.join()
-    if reply.get("status") != "swapped":
-        raise RuntimeError(f"deploy v{version:04d} into the daemon: {reply}")
-    return _summarize(results, reply)
+    if reply.status != "swapped":
+        raise RuntimeError(f"deploy v{version:04d} into the daemon: {reply.fields()}")
+    return _summarize(results, reply.fields())

@@ -39,18 +39,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flywheel.contracts.dataset import DataType, FrameType
 from flywheel.contracts.registry import ModelRegistry
 from flywheel.demo import baselines as bl
 from flywheel.demo import collect
 from flywheel.demo.config import METHODS, DemoConfig
-from flywheel.demo.report import (
-    ALL_TASKS,
-    check_results,
-    results_table,
-    rows_of,
-    summarize,
-    write_report,
-)
+from flywheel.demo.markdown import results_table
+from flywheel.demo.report import check_results, write_report
+from flywheel.demo.stats import ALL_TASKS, rows_of, summarize
 from flywheel.policies.pi_star_recap.conditioning import report_conditioning
 from flywheel.recap.labeling import LabelConfig, Labels, run_labeling
 from flywheel.recap.source import Source, load_source
@@ -489,7 +485,7 @@ def evaluate(
                 "task": task,
                 "version": version,
                 **_finite(asdict(result)),
-                # per scene, for intervals pooled over seeds and scenes (report.py)
+                # per scene, for intervals pooled over seeds and scenes (stats.py)
                 "scene_successes": [bool(o.success) for o in scenes.outcomes],
                 "scene_steps": [o.steps if o.success else cfg.horizon for o in scenes.outcomes],
             }
@@ -504,9 +500,9 @@ def dataset_counts(source: Source) -> dict:
     return {
         "episodes": len(source.episodes),
         "frames": len(source.frames),
-        "episodes_by_type": {t: types.count(t) for t in ("demo", "auto", "intervention")},
+        "episodes_by_type": {str(t): types.count(t) for t in DataType},
         "successful_episodes": int(source.episodes.success.sum()),
-        "intervention_frames": int((source.frame_data_type_ids() == 2).sum()),
+        "intervention_frames": int((source.frame_data_type_ids() == FrameType.INTERVENTION).sum()),
         "good_demo_frames": int((quality == "good").sum()),
         "bad_demo_frames": int((quality == "bad").sum()),
     }

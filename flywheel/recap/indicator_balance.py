@@ -14,13 +14,11 @@ uniform frames 0.30 / 0.10, positives at 70% of the samples with 10% dropout 0.4
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
-LABEL_COLUMN = "advantage_positive"
+from flywheel.contracts.dataset import ADVANTAGE_POSITIVE, INDEX, data_files, read_frame_table
 
 
 def indicator_balanced_weights(
@@ -51,15 +49,12 @@ def indicator_balanced_weights(
 def labels_of(labeled_root: str | Path) -> np.ndarray:
     """The boolean indicator of every frame of a `flywheel label` output, by the dataset's frame
     index (the order LeRobotDataset and the trainer's sample weights use)."""
-    files = sorted(glob.glob(str(Path(labeled_root) / "data" / "*" / "*.parquet")))
+    files = data_files(labeled_root)
     if not files:
         raise FileNotFoundError(f"no data/*/*.parquet under {labeled_root}")
-    index, labels = [], []
-    for file in files:
-        table = pq.read_table(file, columns=["index", LABEL_COLUMN])
-        index.append(np.asarray(table.column("index").to_pylist(), dtype=np.int64))
-        labels.append(np.asarray(table.column(LABEL_COLUMN).to_pylist()).reshape(-1).astype(bool))
-    index_all, labels_all = np.concatenate(index), np.concatenate(labels)
+    table = read_frame_table(files, [INDEX, ADVANTAGE_POSITIVE])
+    index_all = np.asarray(table[INDEX].tolist(), dtype=np.int64)
+    labels_all = np.asarray(table[ADVANTAGE_POSITIVE].tolist()).reshape(-1).astype(bool)
     out = np.zeros(int(index_all.max()) + 1, dtype=bool)
     out[index_all] = labels_all
     if len(np.unique(index_all)) != len(out):

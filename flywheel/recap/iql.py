@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from flywheel.policies.pi_star_recap.iql import advantage_weights, expectile_loss, mlp
+
 
 @dataclass
 class IQLSettings:
@@ -36,23 +38,9 @@ class IQLSettings:
     seed: int = 0
 
 
-def mlp(in_dim: int, hidden: int, out_dim: int = 1) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
-    )
-
-
-def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
-    """Asymmetric L2 on diff = target - prediction: under-predictions cost `expectile`,
-    over-predictions 1 - expectile, so V is pushed above the mean of Q when expectile > 0.5."""
-    weight = torch.where(diff > 0, expectile, 1.0 - expectile)
-    return (weight * diff.pow(2)).mean()
-
-
 def awr_weights(advantages: np.ndarray, temperature: float, max_weight: float) -> np.ndarray:
-    # Clip the exponent before exp so huge advantages give max_weight, never inf.
-    exponent = np.minimum(advantages / temperature, np.log(max_weight))
-    return np.exp(exponent)
+    """min(exp(A / temperature), max_weight) per frame: the in-policy critics' formula, on numpy."""
+    return advantage_weights(advantages, temperature, max_weight)
 
 
 class IQL(nn.Module):

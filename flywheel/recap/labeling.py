@@ -21,13 +21,14 @@ import numpy as np
 import pandas as pd
 import torch
 
+from flywheel.contracts.dataset import FrameType, labels_path
 from flywheel.policies.recap_value import RecapValueConfig
 from flywheel.recap import advantages as adv
 from flywheel.recap import iql
 from flywheel.recap.iql import IQLSettings
 from flywheel.recap.quality import frame_truth, label_quality
 from flywheel.recap.returns import episode_rewards, normalize, reward_to_go
-from flywheel.recap.source import DATA_TYPE_IDS, Source, load_source
+from flywheel.recap.source import Source, load_source
 from flywheel.recap.train_value import (
     FitSettings,
     cross_fit_values,
@@ -35,7 +36,7 @@ from flywheel.recap.train_value import (
     predict,
     save_value_model,
 )
-from flywheel.recap.writer import LABELS_FILE, check_output_root, label_columns, write_labeled
+from flywheel.recap.writer import check_output_root, label_columns, write_labeled
 
 log = logging.getLogger(__name__)
 
@@ -290,7 +291,7 @@ def measure_conditioning(cfg: LabelConfig) -> dict:
 
 def _add_to_labels_file(root: Path, key: str, value) -> None:
     """Add `key` to OUT/meta/recap_labels.json, replaced atomically (the file marks a labeled output)."""
-    path = root / LABELS_FILE
+    path = labels_path(root)
     report = json.loads(path.read_text())
     report[key] = value
     tmp = path.with_name(f".{path.name}.tmp")
@@ -342,8 +343,8 @@ def rewards_and_returns(source: Source, cfg: RewardConfig) -> tuple[np.ndarray, 
 
 def forced_positive(source: Source, demos_positive: bool) -> np.ndarray:
     types = source.frame_data_type_ids()
-    forced = types == DATA_TYPE_IDS["intervention"]
-    return forced | (types == DATA_TYPE_IDS["demo"]) if demos_positive else forced
+    forced = types == FrameType.INTERVENTION
+    return forced | (types == FrameType.DEMO) if demos_positive else forced
 
 
 def recap_values(
@@ -410,11 +411,10 @@ def compute_labels(source: Source, cfg: LabelConfig, scratch: Path) -> tuple[Lab
 
 
 def summary_table(source: Source, labels: Labels) -> pd.DataFrame:
-    names = {v: k for k, v in DATA_TYPE_IDS.items()}
     frame = pd.DataFrame(
         {
             "task": source.task_of_frames(),
-            "frame_type": [names[t] for t in source.frame_data_type_ids()],
+            "frame_type": [FrameType(t).data_type.value for t in source.frame_data_type_ids()],
             "positive": labels.positive,
             "forced": labels.forced,
             "value": labels.values,

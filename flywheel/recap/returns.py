@@ -34,13 +34,3 @@ def nstep_reward_sum(rewards: np.ndarray, n: int) -> np.ndarray:
 def normalize(returns: np.ndarray, max_length: float) -> np.ndarray:
     """Scale by the task's maximum episode length and clip into the value support [-1, 0]."""
     return np.clip(returns / float(max_length), -1.0, 0.0)
-
-
-def discounted_returns(rewards: np.ndarray, gamma: float) -> np.ndarray:
-    """sum_k gamma^k r_{t+k} (for the IQL estimator's diagnostics)."""
-    out = np.zeros_like(rewards)
-    running = 0.0
-    for t in range(len(rewards) - 1, -1, -1):
-        running = rewards[t] + gamma * running
-        out[t] = running
-    return out

@@ -1,22 +1,19 @@
-"""The seed's data-type weights as a torch Sampler over frames.
+"""The seed's data-type weights as per-frame sampling weights.
 
 Frame types: 0 demo (operator-only episodes), 1 auto (the policy acted), 2 intervention (the
 operator's frames inside a policy episode).
     balance_data_types=False: P(frame) ∝ weight[type]            (a type's share grows with its size)
     balance_data_types=True:  P(frame) ∝ weight[type] / n[type]  (a type's share ∝ its weight only)
-Frame types do not reach `policy.forward` under stock lerobot-train, so the weights act here, in
-the sampler a trainer passes to its DataLoader.
+Frame types do not reach `policy.forward` under stock lerobot-train, so the weights act in the
+sampler: frame_weights -> a .npy -> TrainPolicyConfig.sample_weights, which trainer/train_policy.py
+turns into its one sampler (weighted_sampler: torch's WeightedRandomSampler, with replacement).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
-import torch
-from torch.utils.data import Sampler
 
 
 @dataclass
@@ -42,30 +39,3 @@ def frame_weights(frame_types: np.ndarray, weights: DataTypeWeights) -> np.ndarr
 def expected_type_shares(frame_types: np.ndarray, weights: DataTypeWeights) -> np.ndarray:
     p = frame_weights(frame_types, weights)
     return np.bincount(frame_types, weights=p, minlength=3)
-
-
-class DataTypeWeightedSampler(Sampler[int]):
-    """Draws `num_samples` frame indices per epoch with replacement, by data-type weight."""
-
-    def __init__(
-        self, frame_types: np.ndarray, weights: DataTypeWeights, num_samples: int | None = None, seed: int = 0
-    ):
-        self.probabilities = torch.from_numpy(frame_weights(np.asarray(frame_types), weights))
-        self.num_samples = num_samples or len(frame_types)
-        self.generator = torch.Generator().manual_seed(seed)
-
-    def __iter__(self) -> Iterator[int]:
-        draws = torch.multinomial(self.probabilities, self.num_samples, True, generator=self.generator)
-        yield from draws.tolist()
-
-    def __len__(self) -> int:
-        return self.num_samples
-
-
-def sampler_for_dataset(
-    root: Path, weights: DataTypeWeights, num_samples: int | None = None, seed: int = 0
-) -> DataTypeWeightedSampler:
-    """A sampler over a flywheel dataset's frames (indices as in LeRobotDataset, source or labeled)."""
-    from flywheel.recap.source import load_source  # reads meta/episodes and the intervention column
-
-    return DataTypeWeightedSampler(load_source(root).frame_data_type_ids(), weights, num_samples, seed)

@@ -13,13 +13,29 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 from PIL import Image
 
-from flywheel.contracts.dataset import INTERVENTION, read_json_retrying
-
-STATE = "observation.state"
-DATA_TYPE_IDS = {"demo": 0, "auto": 1, "intervention": 2}
+from flywheel.contracts.dataset import (
+    ACTION,
+    DATA_TYPE,
+    EPISODE_INDEX,
+    FRAME_INDEX,
+    FRAME_TYPE_OF_DATA_TYPE,
+    INDEX,
+    INFO_FILE,
+    INTERVENTION,
+    OPERATOR,
+    STATE,
+    SUCCESS,
+    data_files,
+    episode_files,
+    frame_types,
+    info_path,
+    iter_frame_tables,
+    read_episode_table,
+    read_frame_table,
+    read_json_retrying,
+)
 
 
 class LabelInputError(ValueError):
@@ -69,10 +85,9 @@ class Source:
         return np.asarray(self.episodes.task, dtype=object)[self.frames.episode]
 
     def frame_data_type_ids(self) -> np.ndarray:
-        """0 demo, 1 autonomous, 2 intervention (the operator's frames inside a policy episode)."""
-        episode_type = np.array([DATA_TYPE_IDS[t] for t in self.episodes.data_type])[self.frames.episode]
-        ids = np.where(episode_type == DATA_TYPE_IDS["demo"], 0, 1)
-        return np.where((episode_type == DATA_TYPE_IDS["intervention"]) & self.frames.intervention, 2, ids)
+        """Per-frame FrameType ids: DEMO, AUTO, INTERVENTION (the operator's frames inside a policy
+        episode); see flywheel.contracts.dataset.frame_types."""
+        return frame_types(self.episodes.data_type, self.frames.episode, self.frames.intervention)
 
 
 def camera_keys(info: dict) -> list[str]:
@@ -105,58 +120,45 @@ def check_dataset(root: Path) -> dict:
 
 
 def _read_info(root: Path) -> dict:
-    info_path = root / "meta" / "info.json"
-    if not info_path.exists():
-        raise LabelInputError(f"meta/info.json: {root} holds no LeRobot dataset")
-    info = read_json_retrying(info_path)  # the recorder rewrites it in place on every save
-    for key in (STATE, "action", INTERVENTION):
+    path = info_path(root)
+    if not path.exists():
+        raise LabelInputError(f"{INFO_FILE}: {root} holds no LeRobot dataset")
+    info = read_json_retrying(path)  # the recorder rewrites it in place on every save
+    for key in (STATE, ACTION, INTERVENTION):
         if key not in info["features"]:
-            raise LabelInputError(f"features.{key}: missing from {info_path} (episode: all)")
+            raise LabelInputError(f"features.{key}: missing from {path} (episode: all)")
     return info
 
 
 def _load_episodes(root: Path, skip_unfinished: bool = False) -> Episodes:
-    files = sorted((root / "meta" / "episodes").glob("*/*.parquet"))
+    files = episode_files(root)
     if not files:
         raise LabelInputError(f"meta/episodes: no episode metadata under {root}")
-    tables = [table for table in (_read_episode_file(f, skip_unfinished) for f in files) if table is not None]
-    if not tables:
+    table = read_episode_table(files, skip_unfinished=skip_unfinished)
+    if table is None:
         raise LabelInputError(f"meta/episodes: no complete episode metadata under {root}")
-    table = pd.concat(tables, ignore_index=True)
-    table = table.sort_values("episode_index", kind="stable").reset_index(drop=True)
     _check_episode_columns(table)
     return Episodes(
-        index=table["episode_index"].to_numpy(np.int64),
+        index=table[EPISODE_INDEX].to_numpy(np.int64),
         length=table["length"].to_numpy(np.int64),
         start=table["dataset_from_index"].to_numpy(np.int64),
         task=[_single_task(row) for _, row in table.iterrows()],
-        data_type=table["data_type"].astype(str).tolist(),
-        success=table["success"].to_numpy(bool),
-        operator=table["operator"].fillna("").astype(str).tolist()
-        if "operator" in table
-        else [""] * len(table),
+        data_type=table[DATA_TYPE].astype(str).tolist(),
+        success=table[SUCCESS].to_numpy(bool),
+        operator=table[OPERATOR].fillna("").astype(str).tolist() if OPERATOR in table else [""] * len(table),
     )
 
 
-def _read_episode_file(path: Path, skip_unfinished: bool) -> pd.DataFrame | None:
-    try:
-        return pd.read_parquet(path)
-    except Exception:  # no footer yet: the recorder is writing this episode now
-        if skip_unfinished:
-            return None
-        raise
-
-
 def _check_episode_columns(table: pd.DataFrame) -> None:
-    first = int(table["episode_index"].iloc[0]) if "episode_index" in table and len(table) else 0
-    for column in ("episode_index", "length", "dataset_from_index", "dataset_to_index", "tasks"):
+    first = int(table[EPISODE_INDEX].iloc[0]) if EPISODE_INDEX in table and len(table) else 0
+    for column in (EPISODE_INDEX, "length", "dataset_from_index", "dataset_to_index", "tasks"):
         if column not in table:
             raise LabelInputError(f"meta/episodes.{column}: missing (episode {first} and all others)")
-    for column, why in (("success", "success labels are needed"), ("data_type", "demo/auto/intervention")):
+    for column, why in ((SUCCESS, "success labels are needed"), (DATA_TYPE, "demo/auto/intervention")):
         if column not in table:
             raise LabelInputError(f"meta/episodes.{column}: missing ({why}; episode {first} and all others)")
     for position, row in table.iterrows():
-        episode = row["episode_index"]
+        episode = row[EPISODE_INDEX]
         if episode != position:
             raise LabelInputError(
                 f"meta/episodes.episode_index: episode {episode} found where {position} was expected "
@@ -167,9 +169,9 @@ def _check_episode_columns(table: pd.DataFrame) -> None:
                 f"meta/episodes.length: episode {episode} has length {row['length']} but spans "
                 f"frames {row['dataset_from_index']}..{row['dataset_to_index']}"
             )
-        if row["success"] is None or pd.isna(row["success"]):
+        if row[SUCCESS] is None or pd.isna(row[SUCCESS]):
             raise LabelInputError(f"meta/episodes.success: episode {episode} has no success label")
-        if str(row["data_type"]) not in DATA_TYPE_IDS:
+        if str(row[DATA_TYPE]) not in FRAME_TYPE_OF_DATA_TYPE:
             raise LabelInputError(f"meta/episodes.data_type: episode {episode} has {row['data_type']!r}")
 
 
@@ -182,25 +184,24 @@ def _single_task(row: pd.Series) -> str:
 
 
 def _load_frames(root: Path, episodes: Episodes) -> Frames:
-    columns = [STATE, "action", INTERVENTION, "episode_index", "frame_index", "index"]
-    files = sorted((root / "data").glob("*/*.parquet"))
+    columns = [STATE, ACTION, INTERVENTION, EPISODE_INDEX, FRAME_INDEX, INDEX]
+    files = data_files(root)
     if not files:
         raise LabelInputError(f"data: no frame files under {root}")
-    table = pd.concat([pq.read_table(f, columns=columns).to_pandas() for f in files], ignore_index=True)
-    table = table.sort_values("index", kind="stable").reset_index(drop=True)
+    table = read_frame_table(files, columns)
     _check_frames(table, episodes)
     return Frames(
         state=np.stack(table[STATE].to_numpy()).astype(np.float32),
-        action=np.stack(table["action"].to_numpy()).astype(np.float32),
-        episode=table["episode_index"].to_numpy(np.int64),
-        frame_index=table["frame_index"].to_numpy(np.int64),
+        action=np.stack(table[ACTION].to_numpy()).astype(np.float32),
+        episode=table[EPISODE_INDEX].to_numpy(np.int64),
+        frame_index=table[FRAME_INDEX].to_numpy(np.int64),
         intervention=table[INTERVENTION].to_numpy(bool),
     )
 
 
 def _check_frames(table: pd.DataFrame, episodes: Episodes) -> None:
-    index = table["index"].to_numpy(np.int64)
-    episode = table["episode_index"].to_numpy(np.int64)
+    index = table[INDEX].to_numpy(np.int64)
+    episode = table[EPISODE_INDEX].to_numpy(np.int64)
     for e, start, length in zip(episodes.index, episodes.start, episodes.length, strict=True):
         rows = slice(start, start + length)
         if (
@@ -225,9 +226,8 @@ def _load_images(root: Path, info: dict, key: str) -> np.ndarray:
     if info["features"][key]["dtype"] == "video":
         raise LabelInputError(f"features.{key}: video cameras are not supported for labeling from images")
     parts = []
-    for path in sorted((root / "data").glob("*/*.parquet")):
-        table = pq.read_table(path, columns=[key, "index"]).to_pandas().sort_values("index")
-        parts += [_decode(cell) for cell in table[key]]
+    for table in iter_frame_tables(data_files(root), [key, INDEX]):
+        parts += [_decode(cell) for cell in table.sort_values(INDEX)[key]]
     return np.stack(parts)
 
 

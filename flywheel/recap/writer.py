@@ -12,6 +12,7 @@ failure leaves no output; the source is only read. Data files are rewritten with
 (images, when stored in parquet, pass through as bytes); all other files are copied, then
 meta/info.json, meta/stats.json and the per-episode stats in meta/episodes are extended. An existing
 output is replaced only when it is recognisably an earlier labeled output (`is_labeled_output`).
+The features and the labels file are part of the dataset contract (flywheel/contracts/dataset.py).
 """
 
 from __future__ import annotations
@@ -27,15 +28,23 @@ import pyarrow.parquet as pq
 from lerobot.datasets.compute_stats import aggregate_stats, compute_episode_stats
 from lerobot.datasets.utils import get_hf_features_from_features, serialize_dict
 
+from flywheel.contracts.dataset import (
+    ADVANTAGE,
+    ADVANTAGE_POSITIVE,
+    EPISODE_INDEX,
+    INDEX,
+    LABEL_FEATURES,
+    LABELS_FILE,
+    OBS_ADVANTAGE_POSITIVE,
+    QUARANTINE_DIR,
+    STATS_FILE,
+    VALUE,
+    data_files,
+    episode_files,
+    info_path,
+    labels_path,
+)
 from flywheel.recap.source import Source
-
-LABEL_FEATURES: dict[str, dict] = {
-    "value": {"dtype": "float32", "shape": (1,), "names": None},
-    "advantage": {"dtype": "float32", "shape": (1,), "names": None},
-    "advantage_positive": {"dtype": "bool", "shape": (1,), "names": None},
-    "observation.advantage_positive": {"dtype": "float32", "shape": (1,), "names": None},
-}
-LABELS_FILE = "meta/recap_labels.json"
 
 
 def features_for(columns: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -46,10 +55,10 @@ def features_for(columns: dict[str, np.ndarray]) -> dict[str, dict]:
 
 def label_columns(values: np.ndarray, advantages: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
     return {
-        "value": values.astype(np.float32),
-        "advantage": advantages.astype(np.float32),
-        "advantage_positive": positive.astype(bool),
-        "observation.advantage_positive": positive.astype(np.float32),
+        VALUE: values.astype(np.float32),
+        ADVANTAGE: advantages.astype(np.float32),
+        ADVANTAGE_POSITIVE: positive.astype(bool),
+        OBS_ADVANTAGE_POSITIVE: positive.astype(np.float32),
     }
 
 
@@ -61,8 +70,8 @@ def is_labeled_output(root: Path) -> bool:
     """An earlier `flywheel label` output: it has the labels report and the label features, and
     nothing at its top level but a dataset's own folders (a folder someone added files to, or
     recorded into, is no longer only ours to replace)."""
-    info = root / "meta" / "info.json"
-    if not (root / LABELS_FILE).is_file() or not info.is_file():
+    info = info_path(root)
+    if not labels_path(root).is_file() or not info.is_file():
         return False
     try:
         features = json.loads(info.read_text()).get("features", {})
@@ -109,15 +118,15 @@ def write_labeled(
     # A fresh, uniquely named sibling: nothing that existed before is ever reused or removed.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)) / "dataset"
     try:
-        shutil.copytree(source.root, tmp, ignore=shutil.ignore_patterns("quarantine"))
+        shutil.copytree(source.root, tmp, ignore=shutil.ignore_patterns(QUARANTINE_DIR))
         features = _extend_info(tmp, source.info, features_for(columns))
         hf_schema = get_hf_features_from_features(features).arrow_schema
-        for path in sorted((tmp / "data").glob("*/*.parquet")):
+        for path in data_files(tmp):
             _add_columns(path, columns, hf_schema)
         episode_stats = _episode_stats(source, columns)
         _extend_episode_files(tmp, episode_stats)
         _extend_stats(tmp, episode_stats)
-        (tmp / LABELS_FILE).write_text(json.dumps(report, indent=2, default=float))
+        labels_path(tmp).write_text(json.dumps(report, indent=2, default=float))
         for name, directory in extra_dirs.items():
             shutil.copytree(directory, tmp / name)
         _move_into_place(tmp, out)
@@ -145,14 +154,14 @@ def _move_into_place(new: Path, out: Path) -> None:
 def _extend_info(root: Path, info: dict, new_features: dict[str, dict]) -> dict:
     info = json.loads(json.dumps(info))
     info["features"].update({k: {**v, "shape": list(v["shape"])} for k, v in new_features.items()})
-    (root / "meta" / "info.json").write_text(json.dumps(info, indent=4))
+    info_path(root).write_text(json.dumps(info, indent=4))
     # LeRobot compares shapes as tuples when it builds the HF features.
     return {k: {**v, "shape": tuple(v["shape"])} for k, v in info["features"].items()}
 
 
 def _add_columns(path: Path, columns: dict[str, np.ndarray], hf_schema: pa.Schema) -> None:
     table = pq.read_table(path)
-    rows = table.column("index").to_numpy()
+    rows = table.column(INDEX).to_numpy()
     for key, values in columns.items():
         table = table.append_column(key, pa.array(values[rows]))
     # Same column order and HF metadata as LeRobot would write for the extended features.
@@ -169,9 +178,9 @@ def _episode_stats(source: Source, columns: dict[str, np.ndarray]) -> list[dict]
 
 
 def _extend_episode_files(root: Path, episode_stats: list[dict]) -> None:
-    for path in sorted((root / "meta" / "episodes").glob("*/*.parquet")):
+    for path in episode_files(root):
         table = pq.read_table(path)
-        episodes = table.column("episode_index").to_pylist()
+        episodes = table.column(EPISODE_INDEX).to_pylist()
         for key in episode_stats[0]:
             for stat in episode_stats[0][key]:
                 values = [np.asarray(episode_stats[e][key][stat]).reshape(-1).tolist() for e in episodes]
@@ -180,7 +189,7 @@ def _extend_episode_files(root: Path, episode_stats: list[dict]) -> None:
 
 
 def _extend_stats(root: Path, episode_stats: list[dict]) -> None:
-    path = root / "meta" / "stats.json"
+    path = root / STATS_FILE
     stats = json.loads(path.read_text()) if path.exists() else {}
     stats.update(serialize_dict(aggregate_stats(episode_stats)))
     path.write_text(json.dumps(stats, indent=4))

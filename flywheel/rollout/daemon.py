@@ -1,15 +1,22 @@
 """The rollout daemon's control loop.
 
 Each tick: apply a pending takeover request, read the robot, publish what it sees, pick the action
-(the policy's queue, or the operator's when the pedal is down), send it, hand the frame to the
-recorder. Inference, recording and the teleop stream all live on other threads.
+(the policy's queue, or the operator's when the pedal is down), send it, hand the tick to the sinks
+(the live view, then the recorder). Inference, recording and the teleop stream all live on other
+threads.
+
+Its seams (docs/architecture.md, "The daemon's seams"): the sinks (`flywheel.contracts.ticks`), the
+robot (`EpisodicRobot` for what only the sim can do), the teleop link (`TeleopLink`), and the public
+hooks for programs that embed it (`deploy`, `wait_until_running`, `load_policy`, `await_deploy_s`).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,18 +28,21 @@ from lerobot.robots.utils import make_robot_from_config
 from lerobot.teleoperators.utils import make_teleoperator_from_config
 
 from flywheel.contracts.dataset import DataType, EpisodeInfo, dataset_features, open_for_append
-from flywheel.contracts.protocol import MessageType, Publisher
+from flywheel.contracts.messages import DeployReply, DeployRequest, Observation, send_deploy
+from flywheel.contracts.protocol import Publisher
 from flywheel.contracts.registry import WEIGHTS_FILE, sha256_file
+from flywheel.contracts.ticks import EpisodeEnd, Tick, TickSink
 from flywheel.rollout.cadence import CadenceReport, RateKeeper
 from flywheel.rollout.config import RolloutConfig
+from flywheel.rollout.episodic import EpisodicRobot, MotorBusRobot
 from flywheel.rollout.hotswap import Deployment, HotSwap
 from flywheel.rollout.policy_runner import PolicyRunner
 from flywheel.rollout.policy_source import ChunkPolicy, LeRobotChunkPolicy, hold_action, make_chunk_policy
 from flywheel.rollout.recorder import NullRecorder, Recorder, SavedEpisode
 from flywheel.rollout.safety import SafetyLayer
+from flywheel.rollout.sinks import EventSink
 from flywheel.rollout.takeover import ControlState, TakeoverMachine
-from flywheel.rollout.teleop_link import LocalTeleop, RemoteTeleop, TeleopSnapshot
-from teleop.observation import ObservationView
+from flywheel.rollout.teleop_link import LocalTeleop, RemoteTeleop, TeleopLink, TeleopSnapshot
 from teleop.pedals import make_pedal
 
 log = logging.getLogger(__name__)
@@ -67,20 +77,31 @@ class RolloutDaemon:
         cfg: RolloutConfig,
         robot: Robot | None = None,
         policy: ChunkPolicy | None = None,
-        link: LocalTeleop | RemoteTeleop | None = None,
+        link: TeleopLink | None = None,
+        load_policy: Callable[[Deployment], ChunkPolicy] | None = None,
+        await_deploy_s: float = 0.0,
     ):
         """Everything is built from `cfg`; `robot`, `policy` and `link` replace the built ones
-        (tests, and programs that embed the daemon)."""
+        (tests, and programs that embed the daemon). `load_policy` replaces `load_deployment`, the
+        hot-swap thread's loader of a deployed version. With `await_deploy_s`, the first episode
+        waits up to that long for a deploy sent meanwhile (`deploy`) to be validated or refused, so
+        that every recorded frame is acted on by the new version (it swaps in at frame 0).
+
+        Nothing is opened here (no socket, no thread, no dataset): `run` does that."""
         if cfg.robot is None and robot is None:
             raise ValueError("robot: no robot given; use --robot sim, --robot so100 or --robot.type=...")
         self.cfg = cfg
         self.robot = robot or make_robot_from_config(cfg.robot)
+        # What only the sim can do (set up its own scenes, say success), asked once.
+        self.episodic: EpisodicRobot | None = self.robot if isinstance(self.robot, EpisodicRobot) else None
         self.action_names = list(self.robot.action_features)
         self.features = dataset_features(
             self.robot.observation_features, self.robot.action_features, cfg.dataset.video
         )
         self.policy = policy or make_chunk_policy(cfg.policy, self.features, self.action_names)
         self._link = link
+        self._load_policy = load_policy
+        self.await_deploy_s = await_deploy_s
         self.lockstep = cfg.fps == 0
         self.machine = TakeoverMachine()
         self.safety = SafetyLayer(cfg.safety, self.action_names, list(self.robot.observation_features))
@@ -91,7 +112,27 @@ class RolloutDaemon:
         self._stop_requested = False
         self._fault_counts: dict[str, int] = {}
         self._last_observation: dict[str, Any] | None = None
+        self._running = threading.Event()  # set once the robot is connected and first read
         self._task = ""
+        self.viz = None  # the RerunLogger, when cfg.rerun.enabled (built by run)
+        self.sinks: list[TickSink] = []  # built by run: [events, viz?, recorder]
+
+    # --- hooks for programs that embed the daemon -------------------------------------------------
+    @property
+    def context(self) -> zmq.Context:
+        """The ZeroMQ context the daemon's sockets live in (inproc:// addresses need the same one)."""
+        return self._ctx
+
+    def deploy(self, request: DeployRequest, timeout_s: float = 60.0) -> DeployReply:
+        """Send a DEPLOY (or rollback) request to this daemon's own endpoint, as the trainer does,
+        from any thread but the daemon's; the reply comes once the version swapped in, was queued
+        or was refused. No CurveZMQ keys: for in-process callers (the demo, benchmarks, tests)."""
+        return send_deploy(self._ctx, self.cfg.wire.deploy, request, timeout_s)
+
+    def wait_until_running(self, timeout_s: float | None = None) -> bool:
+        """Wait until `run` connected the robot and read it once (a deploy's smoke test then has an
+        observation to run on). False if `timeout_s` passed first."""
+        return self._running.wait(timeout_s)
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def run(self) -> list[EpisodeResult]:
@@ -100,8 +141,11 @@ class RolloutDaemon:
         # policy worker or the recorder runs Python: 1 ms keeps the tick on time.
         sys.setswitchinterval(0.001)
         self.events = Publisher(self._ctx, cfg.wire.daemon_events, cfg.wire.security("daemon"))
-        self.recorder = self._make_recorder()
+        announcer = EventSink(self.events, Path(cfg.dataset.root))
+        self.recorder = self._make_recorder(on_saved=announcer.episode_saved)
         self.viz = self._make_viz()
+        # The order of every tick's side effects: the live view, then the recorder (ends in reverse).
+        self.sinks = [announcer, *([self.viz] if self.viz is not None else []), self.recorder]
         self.runner = PolicyRunner(
             self.policy,
             cfg.policy.refill_at,
@@ -112,7 +156,7 @@ class RolloutDaemon:
         self.hotswap = HotSwap(
             self._ctx,
             cfg.wire.deploy,
-            self._load_deployment,
+            self._load_policy or self.load_deployment,
             self._newest_observation,
             len(self.action_names),
             self._initial_deployment(),
@@ -121,8 +165,11 @@ class RolloutDaemon:
         try:
             self.robot.connect()
             self._last_observation = self.robot.get_observation()
+            self._running.set()
             self.hotswap.start()
             self.link.start()
+            if self.await_deploy_s > 0:
+                self._await_deploy()
             self._wait_for_subscribers()
             saved, attempt = 0, 0
             while not self._stop_requested and (cfg.episodes == 0 or saved < cfg.episodes):
@@ -135,7 +182,7 @@ class RolloutDaemon:
                 if self.machine.state == ControlState.STOPPED:
                     log.error("emergency stop: the daemon stops")
                     break
-                if cfg.reset_time_s > 0 and not self._is_sim():
+                if cfg.reset_time_s > 0 and self.episodic is None:
                     log.info("reset the scene: %.0f s", cfg.reset_time_s)
                     time.sleep(cfg.reset_time_s)
         finally:
@@ -152,7 +199,7 @@ class RolloutDaemon:
         """Ask the loop to end after the current tick (from a signal handler or another thread)."""
         self._stop_requested = True
 
-    def _make_teleop_link(self) -> LocalTeleop | RemoteTeleop:
+    def _make_teleop_link(self) -> TeleopLink:
         cfg = self.cfg
         if cfg.local_teleop:
             if cfg.teleop is None or cfg.pedal is None:
@@ -165,7 +212,7 @@ class RolloutDaemon:
     def _wait_for_subscribers(self) -> None:
         """Start the first episode only once the teleop process is heard: before that, nobody
         could take over. (PUB/SUB also drops what is sent before a connection completes.)"""
-        if not isinstance(self.link, RemoteTeleop):
+        if not self.link.remote:
             return
         deadline = time.monotonic() + self.cfg.teleop_wait_s
         log.info("waiting for the teleop process on %s", self.cfg.wire.teleop_state)
@@ -177,7 +224,14 @@ class RolloutDaemon:
             )
         time.sleep(0.3)  # the teleop process's own subscription to our observations
 
-    def _make_recorder(self) -> Recorder | NullRecorder:
+    def _await_deploy(self) -> None:
+        """Before the first episode: wait until a deployed version is validated and waiting in the
+        standby slot (or a deploy was refused), up to `await_deploy_s`."""
+        deadline = time.monotonic() + self.await_deploy_s
+        while not self.hotswap.has_standby and self.hotswap.rejected == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def _make_recorder(self, on_saved: Callable[[SavedEpisode], None]) -> Recorder | NullRecorder:
         cfg = self.cfg
         if not cfg.dataset.record:
             return NullRecorder()
@@ -189,7 +243,7 @@ class RolloutDaemon:
             self.robot.name,
             cfg.dataset.video,
         )
-        return Recorder(dataset, on_saved=self._announce_saved)
+        return Recorder(dataset, on_saved=on_saved)
 
     def _make_viz(self):
         if not self.cfg.rerun.enabled:
@@ -204,8 +258,8 @@ class RolloutDaemon:
             return None
         return Deployment(self.policy.version, Path(path), sha256_file(Path(path) / WEIGHTS_FILE))
 
-    def _load_deployment(self, deployment: Deployment) -> ChunkPolicy:
-        """Runs on the hot-swap thread: builds the standby policy."""
+    def load_deployment(self, deployment: Deployment) -> ChunkPolicy:
+        """The default `load_policy`. Runs on the hot-swap thread: builds the standby policy."""
         return LeRobotChunkPolicy(
             deployment.path, self.features, self.action_names, deployment.version, self.cfg.policy.device
         )
@@ -222,14 +276,12 @@ class RolloutDaemon:
         self.policy = policy
         self.runner.swap(policy)
         log.info("policy v%04d acts from frame %d", deployment.version, frame)
-        self.events.publish(MessageType.POLICY_SWAPPED, {"version": deployment.version, "frame": frame})
-        if self.viz is not None:
-            self.viz.policy_swapped(deployment.version, frame)
+        for sink in self.sinks:
+            sink.policy_swapped(deployment.version, frame)
 
     def _shutdown(self) -> None:
-        closers = [self.runner.close, self.link.stop, self.hotswap.stop, self.recorder.close]
-        if self.viz is not None:
-            closers.append(self.viz.close)
+        closers = [self.runner.close, self.link.stop, self.hotswap.stop]
+        closers += [sink.close for sink in reversed(self.sinks)]  # the recorder, the view, the events
         for close in closers:
             try:
                 close()
@@ -239,36 +291,24 @@ class RolloutDaemon:
             self.robot.disconnect()
         self.events.close()
 
-    def _is_sim(self) -> bool:
-        return hasattr(self.robot, "reset_episode")
-
-    def _announce_saved(self, saved: SavedEpisode) -> None:
-        self.events.publish(
-            MessageType.EPISODE_SAVED,
-            {
-                "episode_index": int(saved.episode_index),
-                "length": int(saved.length),
-                "data_type": str(saved.info.data_type),
-                "success": saved.info.success,
-                "root": str(Path(self.cfg.dataset.root).resolve()),
-            },
-        )
-
     # --- one episode -------------------------------------------------------------------------------
     def run_episode(self, episode: int) -> EpisodeResult:
         cfg = self.cfg
-        if self._is_sim():
-            self.robot.reset_episode(self.robot.config.seed + episode)
-        task = cfg.task or getattr(self.robot, "task_description", lambda: "")() or "do the task"
+        if self.episodic is not None:
+            self.episodic.reset_episode(self.episodic.base_seed + episode)
+        task = (
+            cfg.task
+            or (self.episodic.task_description() if self.episodic is not None else "")
+            or "do the task"
+        )
         self._task = task
         self.machine.reset()
         self.runner.restart()
         self.rate.reset()
         state = _EpisodeState()
         end_reason = "timeout"
-        self.events.publish(MessageType.EPISODE_STARTED, {"episode": episode, "task": task})
-        if self.viz is not None:
-            self.viz.start_episode(episode, task)
+        for sink in self.sinks:
+            sink.start_episode(episode, task)
         misses_before = self.runner.misses
         for frame in range(cfg.max_episode_steps):
             self.rate.wait_for_tick()
@@ -309,16 +349,14 @@ class RolloutDaemon:
         # stream went stale (a dead teleop process, pedal last seen down) are not corrections, and
         # labeling would otherwise force them positive. The live view shows the same flag as the dataset.
         operated = source == "operator"
-        if self.viz is not None:
-            self.viz.log_tick(
-                episode, frame, observation, sent_vec, source, operated, version, snapshot.pressed
-            )
-        self.recorder.add_frame(observation, sent_vec, operated, version, task)
+        tick = Tick(episode, frame, task, observation, sent_vec, source, operated, version, snapshot.pressed)
+        for sink in self.sinks:
+            sink.tick(tick)
         state.frames += 1
         state.intervention_frames += operated
         state.versions.add(version)
 
-        if getattr(self.robot, "task_success", lambda: False)():
+        if self.episodic is not None and self.episodic.task_success():
             return "success"
         for key in ("success", "failure", "rerecord"):
             if self._pressed(snapshot, state, key):
@@ -362,7 +400,7 @@ class RolloutDaemon:
     def _emergency_stop(self) -> None:
         """Torque off where the robot has a motor bus (LeRobot's arms); the sim just stops."""
         log.error("EMERGENCY STOP: nothing more is sent to the robot")
-        bus = getattr(self.robot, "bus", None)
+        bus = self.robot.bus if isinstance(self.robot, MotorBusRobot) else None
         if bus is not None:
             try:
                 bus.disable_torque()
@@ -375,11 +413,11 @@ class RolloutDaemon:
 
     def _publish_observation(
         self, observation: dict[str, Any], episode: int, frame: int, task: str
-    ) -> ObservationView:
+    ) -> Observation:
         state_vec = np.array([observation[name] for name in self._scalar_names], dtype=np.float32)
-        sim_task = self.robot.config.task if self._is_sim() else ""
-        view = ObservationView(episode, frame, task, tuple(self._scalar_names), state_vec, sim_task)
-        self.events.publish(MessageType.OBSERVATION, view.fields(), {"state": state_vec})
+        sim_task = self.episodic.task_name if self.episodic is not None else ""
+        view = Observation(episode, frame, task, tuple(self._scalar_names), state_vec, sim_task)
+        self.events.send(view)
         return view
 
     def _finish_episode(
@@ -387,8 +425,8 @@ class RolloutDaemon:
     ) -> EpisodeResult:
         success = end_reason in ("success", "operator_success")
         cadence = self.rate.report()
+        info = None
         if end_reason in ("operator_rerecord", "stopped", "estop") or state.frames == 0:
-            self.recorder.discard_episode()
             data_type = None
         else:
             if self.policy.version == 0 and state.intervention_frames == state.frames:
@@ -397,20 +435,19 @@ class RolloutDaemon:
                 data_type = DataType.INTERVENTION
             else:
                 data_type = DataType.AUTO
-            self.recorder.end_episode(
-                EpisodeInfo(
-                    data_type=data_type,
-                    success=success,
-                    num_intervention_frames=state.intervention_frames,
-                    policy_versions=sorted(state.versions),
-                    operator=self._operator_name(),
-                    robot=self.robot.name,
-                    seed=self.robot.episode_seed if self._is_sim() else -1,
-                    end_reason=end_reason,
-                )
+            info = EpisodeInfo(
+                data_type=data_type,
+                success=success,
+                num_intervention_frames=state.intervention_frames,
+                policy_versions=sorted(state.versions),
+                operator=self._operator_name(),
+                robot=self.robot.name,
+                seed=self.episodic.episode_seed if self.episodic is not None else -1,
+                end_reason=end_reason,
             )
-        if self.viz is not None:
-            self.viz.end_episode(episode, success, None if data_type is None else str(data_type), end_reason)
+        end = EpisodeEnd(episode, success, end_reason, None if data_type is None else str(data_type), info)
+        for sink in reversed(self.sinks):  # the recorder first: it saves (or drops), the view says so
+            sink.end_episode(end)
         result = EpisodeResult(
             episode,
             state.frames,
@@ -442,8 +479,8 @@ class RolloutDaemon:
             **{f"safety: {event}": n for event, n in self.safety.events.items()},
             "ticks the policy had no action ready (held)": self.runner.misses,
             "policy inference errors": self.runner.errors,
-            "malformed teleop messages": getattr(self.link, "rejected", 0),
-            "lockstep teleop timeouts": getattr(self.link, "lockstep_timeouts", 0),
+            "malformed teleop messages": self.link.rejected,
+            "lockstep teleop timeouts": self.link.lockstep_timeouts,
         }
         for what, count in counts.items():
             if count > self._fault_counts.get(what, 0):
@@ -452,6 +489,8 @@ class RolloutDaemon:
 
     def _operator_name(self) -> str:
         if self.cfg.teleop is not None:
+            # Only the simulated operator has a skill (its label-quality truth); LeRobot's
+            # teleoperator configs do not, and are not ours to extend.
             return self.cfg.teleop.type + (
                 f":{self.cfg.teleop.skill}" if hasattr(self.cfg.teleop, "skill") else ""
             )

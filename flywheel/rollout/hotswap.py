@@ -21,7 +21,8 @@ import torch
 import zmq
 from safetensors import safe_open
 
-from flywheel.contracts.protocol import Message, MessageType, ProtocolError, decode, encode
+from flywheel.contracts.messages import DeployReply, DeployRequest
+from flywheel.contracts.protocol import decode, encode
 from flywheel.contracts.registry import WEIGHTS_FILE, sha256_file
 from flywheel.contracts.security import Security, secure_server
 from flywheel.rollout.policy_source import ChunkPolicy
@@ -36,15 +37,10 @@ class Deployment:
     sha256: str
 
     @classmethod
-    def from_fields(cls, fields: dict[str, Any]) -> Deployment:
-        version, path, sha = fields.get("version"), fields.get("path"), fields.get("sha256")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise ValueError(f"deploy.version: {version!r} is not a positive integer")
-        if not isinstance(path, str) or not path:
-            raise ValueError(f"deploy.path: {path!r} is not a path")
-        if not isinstance(sha, str) or len(sha) != 64:
-            raise ValueError(f"deploy.sha256: {sha!r} is not a sha256 hex digest")
-        return cls(version, Path(path), sha)
+    def of(cls, request: DeployRequest) -> Deployment:
+        """The candidate a decoded (so validated) non-rollback DEPLOY request names."""
+        assert request.version is not None and request.path is not None and request.sha256 is not None
+        return cls(request.version, request.path, request.sha256)
 
 
 class CandidateRejected(ValueError):
@@ -158,34 +154,28 @@ class HotSwap:
                 if not socket.poll(timeout=100):
                     continue
                 reply = self._handle(socket.recv_multipart())
-                socket.send_multipart(encode(Message(MessageType.DEPLOY_REPLY, reply)))
+                socket.send_multipart(encode(reply.to_message()))
         finally:
             socket.close()
 
-    def _handle(self, frames: list[bytes]) -> dict[str, Any]:
+    def _handle(self, frames: list[bytes]) -> DeployReply:
         try:
-            msg = decode(frames)
-            if msg.type != MessageType.DEPLOY:
-                raise ProtocolError(f"type: expected {MessageType.DEPLOY}, got {msg.type}")
-            rollback = bool(msg.fields.get("rollback"))
-            candidate = self._rollback_target() if rollback else Deployment.from_fields(msg.fields)
+            request = DeployRequest.from_message(decode(frames))
+            rollback = request.rollback
+            candidate = self._rollback_target() if rollback else Deployment.of(request)
             self._prepare(candidate, rollback)
         except (ValueError, OSError) as e:  # ProtocolError and CandidateRejected are ValueErrors
             self.rejected += 1
             log.warning("deploy refused: %s", e)
-            return {"status": "rejected", "reason": str(e), "acting_version": self._acting_version()}
+            return DeployReply("rejected", self._acting_version(), reason=str(e))
         except Exception as e:  # a loader crash is a refusal too, never the daemon's end
             self.rejected += 1
             log.exception("deploy failed while loading")
-            return {
-                "status": "rejected",
-                "reason": f"load failed: {e!r}",
-                "acting_version": self._acting_version(),
-            }
+            return DeployReply("rejected", self._acting_version(), reason=f"load failed: {e!r}")
         swapped = self._swapped.wait(timeout=self._swap_wait_s)
         status = "swapped" if swapped else "queued"  # queued: swaps at the next tick (between episodes now)
         log.info("deploy v%04d: %s", candidate.version, status)
-        return {"status": status, "version": candidate.version, "acting_version": self._acting_version()}
+        return DeployReply(status, self._acting_version(), version=candidate.version)
 
     def _rollback_target(self) -> Deployment:
         if len(self.history) < 2:

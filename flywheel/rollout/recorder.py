@@ -1,9 +1,11 @@
 """Writes episodes into the dataset on a thread of its own, so the control loop never waits for
 disk (LeRobot's save_episode takes about 100 ms, three control periods at 30 Hz).
 
-The control thread only enqueues raw observations and actions. The last frame is held back by one,
-because `next.reward` and `next.done` of a frame are known only when the next one arrives or the
-episode ends.
+The control thread only enqueues the daemon's ticks (raw observations and actions). The last frame is
+held back by one, because `next.reward` and `next.done` of a frame are known only when the next one
+arrives or the episode ends.
+
+`Recorder` and `NullRecorder` are sinks of the daemon (`flywheel.contracts.ticks.TickSink`).
 """
 
 from __future__ import annotations
@@ -13,13 +15,13 @@ import queue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.datasets.utils import build_dataset_frame
 
 from flywheel.contracts.dataset import DONE, INTERVENTION, POLICY_VERSION, REWARD, EpisodeInfo, save_episode
+from flywheel.contracts.ticks import EpisodeEnd, Tick
 
 log = logging.getLogger(__name__)
 
@@ -31,42 +33,33 @@ class SavedEpisode:
     info: EpisodeInfo
 
 
-@dataclass
-class _Frame:
-    observation: dict[str, Any]
-    action: np.ndarray
-    intervention: bool
-    policy_version: int
-    task: str
-
-
 class Recorder:
     def __init__(self, dataset: LeRobotDataset, on_saved: Callable[[SavedEpisode], None] | None = None):
         self.dataset = dataset
         self.on_saved = on_saved
         self._queue: queue.Queue = queue.Queue()
-        self._pending: _Frame | None = None
+        self._pending: Tick | None = None
         self.outcomes: list[bool] = []  # one per end_episode, in order: was it saved?
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name="recorder", daemon=True)
         self._thread.start()
 
-    # --- control thread side: never blocks -------------------------------------------------------
-    def add_frame(
-        self,
-        observation: dict[str, Any],
-        action: np.ndarray,
-        intervention: bool,
-        policy_version: int,
-        task: str,
-    ) -> None:
-        self._queue.put(("frame", _Frame(observation, action, intervention, policy_version, task)))
+    # --- control thread side (the sink): never blocks --------------------------------------------
+    def start_episode(self, episode: int, task: str) -> None:
+        pass  # LeRobot opens the episode buffer with the first frame
 
-    def end_episode(self, info: EpisodeInfo) -> None:
-        self._queue.put(("end", info))
+    def tick(self, tick: Tick) -> None:
+        self._queue.put(("frame", tick))
 
-    def discard_episode(self) -> None:
-        self._queue.put(("discard", None))
+    def end_episode(self, end: EpisodeEnd) -> None:
+        """Save the episode with `end.info`, or drop it (`end.info` None: a discarded attempt)."""
+        if end.info is None:
+            self._queue.put(("discard", None))
+        else:
+            self._queue.put(("end", end.info))
+
+    def policy_swapped(self, version: int, frame: int) -> None:
+        pass  # every frame carries its policy version
 
     def close(self, timeout: float = 60.0) -> None:
         """Finish writing what is queued, then stop."""
@@ -139,13 +132,17 @@ class NullRecorder:
     def __init__(self):
         self.outcomes: list[bool] = []
 
-    def add_frame(self, *args, **kwargs) -> None:
+    def start_episode(self, episode: int, task: str) -> None:
         pass
 
-    def end_episode(self, info: EpisodeInfo) -> None:
-        self.outcomes.append(False)
+    def tick(self, tick: Tick) -> None:
+        pass
 
-    def discard_episode(self) -> None:
+    def end_episode(self, end: EpisodeEnd) -> None:
+        if end.info is not None:
+            self.outcomes.append(False)
+
+    def policy_swapped(self, version: int, frame: int) -> None:
         pass
 
     def close(self, timeout: float = 0.0) -> None:

@@ -2,21 +2,24 @@
 
 Both give a `TeleopSnapshot` per tick. In lockstep (fps=0), the remote link waits for the teleop
 process's answer to this very observation, so a simulated run is exact however fast it goes.
+
+`TeleopLink` is what the daemon needs of a link. LocalTeleop and RemoteTeleop subclass it; another
+link (a test's scripted one) may too, to inherit the defaults of an in-process link.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
-import numpy as np
 import zmq
 from lerobot.teleoperators.teleoperator import Teleoperator
 
-from flywheel.contracts.protocol import LatestValueSubscriber, MessageType
+from flywheel.contracts.messages import EPISODE_KEYS, Observation, TeleopState
+from flywheel.contracts.protocol import LatestValueSubscriber, MessageType, ProtocolError
 from flywheel.contracts.security import Security
-from teleop.observation import ObservationView
-from teleop.pedals import EPISODE_KEYS, Pedal
+from teleop.pedals import Pedal
 
 
 @dataclass
@@ -27,7 +30,30 @@ class TeleopSnapshot:
     age_s: float = 0.0  # how old the newest teleop state is
 
 
-class LocalTeleop:
+class TeleopLink(Protocol):
+    """The operator's side as the daemon's control loop sees it. The defaults are an in-process
+    link's: always heard, nothing on a wire to reject or to time out."""
+
+    # The operator's side is another process: the daemon waits (teleop_wait_s) to hear it before the
+    # first episode, and then for its subscription to the observations.
+    remote: bool = False
+    rejected: int = 0  # malformed teleop messages so far
+    lockstep_timeouts: int = 0  # lockstep ticks whose answer did not come in time
+
+    def start(self) -> None: ...
+
+    def poll(self, view: Observation, wait: bool) -> TeleopSnapshot:
+        """The operator's state answering `view`; with `wait` (lockstep), wait for that answer."""
+        ...
+
+    def stop(self) -> None: ...
+
+    def heard(self) -> bool:
+        """Whether the operator's side has said anything yet."""
+        return True
+
+
+class LocalTeleop(TeleopLink):
     """The operator device and pedal in the daemon's own process (lockstep, or `flywheel record`)."""
 
     def __init__(self, teleoperator: Teleoperator, pedal: Pedal):
@@ -37,7 +63,7 @@ class LocalTeleop:
         self.teleoperator.connect()
         self.pedal.connect()
 
-    def poll(self, view: ObservationView, wait: bool) -> TeleopSnapshot:
+    def poll(self, view: Observation, wait: bool) -> TeleopSnapshot:
         # As in the teleop process: the operator looks at, and acts on, every observation.
         if hasattr(self.teleoperator, "observe"):
             self.teleoperator.observe(view)
@@ -50,8 +76,10 @@ class LocalTeleop:
             self.teleoperator.disconnect()
 
 
-class RemoteTeleop:
+class RemoteTeleop(TeleopLink):
     """The newest TELEOP_STATE from `flywheel teleop` (latest-value semantics)."""
+
+    remote = True
 
     def __init__(
         self, ctx: zmq.Context, address: str, lockstep_timeout_s: float, security: Security | None = None
@@ -61,10 +89,12 @@ class RemoteTeleop:
         )
         self.lockstep_timeout_s = lockstep_timeout_s
         self.lockstep_timeouts = 0
+        self._undecodable = 0  # framed correctly, but not a TELEOP_STATE payload
+        self._last_undecodable = None  # counted once, however many ticks it stays the newest
 
     @property
     def rejected(self) -> int:
-        return self._sub.rejected
+        return self._sub.rejected + self._undecodable
 
     def start(self) -> None:
         self._sub.start()
@@ -72,7 +102,7 @@ class RemoteTeleop:
     def heard(self) -> bool:
         return self._sub.latest(MessageType.TELEOP_STATE) is not None
 
-    def poll(self, view: ObservationView, wait: bool) -> TeleopSnapshot:
+    def poll(self, view: Observation, wait: bool) -> TeleopSnapshot:
         received = self._sub.latest(MessageType.TELEOP_STATE)
         answered = True
         if wait:
@@ -82,19 +112,20 @@ class RemoteTeleop:
                 received = self._sub.latest(MessageType.TELEOP_STATE)
             answered = _answers(received, view)
             self.lockstep_timeouts += not answered
-        if received is None:
+        state = None
+        if received is not None:
+            try:
+                state = TeleopState.from_message(received.message)
+            except ProtocolError:
+                if received.message is not self._last_undecodable:
+                    self._undecodable += 1
+                    self._last_undecodable = received.message
+        if state is None:
             return TeleopSnapshot(pressed=False, action=None, age_s=float("inf"))
-        msg = received.message
-        names = msg.fields.get("names") or []
-        action_array = msg.arrays.get("action")
-        action = None
-        if action_array is not None and len(names) == len(action_array) and np.all(np.isfinite(action_array)):
-            action = dict(zip(names, action_array.astype(float).tolist(), strict=True))
-        keys = {k: int(v) for k, v in (msg.fields.get("keys") or {}).items() if k in EPISODE_KEYS}
         return TeleopSnapshot(
-            bool(msg.fields.get("pressed")),
-            action,
-            keys or dict.fromkeys(EPISODE_KEYS, 0),
+            state.pressed,
+            state.action_by_name(),
+            dict(state.keys) or dict.fromkeys(EPISODE_KEYS, 0),
             # An answer to an older observation counts as stale: the daemon holds instead.
             time.monotonic() - received.received_at if answered else float("inf"),
         )
@@ -103,8 +134,8 @@ class RemoteTeleop:
         self._sub.stop()
 
 
-def _answers(received, view: ObservationView) -> bool:
+def _answers(received, view: Observation) -> bool:
     if received is None:
         return False
-    f = received.message.fields
-    return f.get("episode") == view.episode and isinstance(f.get("frame"), int) and f["frame"] >= view.frame
+    episode, frame = TeleopState.answering(received.message)
+    return episode == view.episode and frame >= view.frame

@@ -4,6 +4,12 @@ The control thread only appends a tuple to a bounded deque (a few microseconds, 
 anyone for long: `deque.append` and `len` are atomic under the GIL). A logging thread turns the
 tuples into Rerun calls. When the deque is full, ticks are dropped and counted (`dropped`); episode
 events are kept even then, because they are rare and the outcome text matters more than a frame.
+
+The logger is one of the rollout daemon's sinks: it implements `flywheel.contracts.ticks.TickSink`
+(`start_episode`, `tick`, `end_episode`, `policy_swapped`, `close`). The protocol and its records
+live in the contracts so that this module, below the daemon in the layers, never imports
+`flywheel.rollout`. `log_tick` is the same as `tick` with the fields spelled out (scripts that drive
+the logger without a daemon).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any
 import numpy as np
 import rerun as rr
 
+from flywheel.contracts.ticks import EpisodeEnd, Tick
 from flywheel.viz import paths as p
 from flywheel.viz.blueprint import make_blueprint
 from flywheel.viz.config import RerunConfig
@@ -144,6 +151,20 @@ class RerunLogger:
     def start_episode(self, episode: int, task: str) -> None:
         self._put(("start", self._ticks, time.time(), episode, task), event=True)
 
+    def tick(self, tick: Tick) -> None:
+        """One control tick (the sink's call). `tick.observation` and `tick.action` are kept by
+        reference: do not mutate them."""
+        self.log_tick(
+            tick.episode,
+            tick.frame,
+            tick.observation,
+            tick.action,
+            tick.source,
+            tick.intervention,
+            tick.policy_version,
+            tick.pedal,
+        )
+
     def log_tick(
         self,
         episode: int,
@@ -161,8 +182,9 @@ class RerunLogger:
         item = ("tick", tick, time.time(), episode, frame, observation, action, source, intervention)
         self._put((*item, policy_version, pedal), event=False)
 
-    def end_episode(self, episode: int, success: bool, data_type: str | None, end_reason: str) -> None:
-        self._put(("end", self._ticks - 1, time.time(), episode, success, data_type, end_reason), event=True)
+    def end_episode(self, end: EpisodeEnd) -> None:
+        item = ("end", self._ticks - 1, time.time(), end.episode, end.success, end.data_type, end.end_reason)
+        self._put(item, event=True)
 
     def policy_swapped(self, version: int, frame: int) -> None:
         self._put(("swap", self._ticks, time.time(), version, frame), event=True)

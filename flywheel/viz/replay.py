@@ -1,8 +1,9 @@
 """Replay a recorded or labeled flywheel dataset into Rerun, with the live view's layout.
 
-Reads the parquet files directly (like flywheel/recap/source.py) so a replay needs no LeRobot
-dataset object, and sends whole columns at once (`send_columns`): a 100k-frame dataset replays in
-seconds instead of minutes of per-frame `log` calls.
+Reads the parquet files directly (with the readers of flywheel/contracts/dataset.py, like
+flywheel/recap/source.py) so a replay needs no LeRobot dataset object, and sends whole columns at
+once (`send_columns`): a 100k-frame dataset replays in seconds instead of minutes of per-frame `log`
+calls.
 
 Same entity paths as the live logger. A replay has no pedal and no operator/hold distinction
 beyond the dataset's fields: an action is `operator` on intervention frames, `hold` when
@@ -18,15 +19,36 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import pyarrow.parquet as pq
 import rerun as rr
 
+from flywheel.contracts.dataset import (
+    ACTION,
+    ADVANTAGE,
+    ADVANTAGE_POSITIVE,
+    DATA_TYPE,
+    END_REASON,
+    EPISODE_INDEX,
+    FRAME_INDEX,
+    INDEX,
+    INFO_FILE,
+    INTERVENTION,
+    POLICY_VERSION,
+    STATE,
+    SUCCESS,
+    VALUE,
+    data_files,
+    episode_files,
+    frame_columns,
+    info_path,
+    labels_path,
+    read_episode_table,
+    read_frame_table,
+)
 from flywheel.viz import paths as p
 
 log = logging.getLogger(__name__)
 
-LABEL_COLUMNS = ("value", "advantage", "advantage_positive")
-LABELS_FILE = "meta/recap_labels.json"
+LABEL_COLUMNS = (VALUE, ADVANTAGE, ADVANTAGE_POSITIVE)
 
 
 @dataclass
@@ -45,16 +67,16 @@ class DatasetLayout:
 
 
 def read_layout(root: Path) -> DatasetLayout:
-    info_path = Path(root) / "meta" / "info.json"
-    if not info_path.exists():
-        raise FileNotFoundError(f"dataset.root: {root} holds no LeRobot dataset (no meta/info.json)")
-    features = json.loads(info_path.read_text())["features"]
+    info = info_path(root)
+    if not info.exists():
+        raise FileNotFoundError(f"dataset.root: {root} holds no LeRobot dataset (no {INFO_FILE})")
+    features = json.loads(info.read_text())["features"]
     images = [k for k, v in features.items() if k.startswith("observation.images.")]
     return DatasetLayout(
         root=Path(root),
-        fps=int(json.loads(info_path.read_text()).get("fps", 30)),
-        state_names=list(features.get("observation.state", {}).get("names") or []),
-        action_names=list(features.get("action", {}).get("names") or []),
+        fps=int(json.loads(info.read_text()).get("fps", 30)),
+        state_names=list(features.get(STATE, {}).get("names") or []),
+        action_names=list(features.get(ACTION, {}).get("names") or []),
         image_keys=[k for k in images if features[k]["dtype"] == "image"],
         video_keys=[k for k in images if features[k]["dtype"] == "video"],
         labeled=all(c in features for c in LABEL_COLUMNS),
@@ -62,21 +84,19 @@ def read_layout(root: Path) -> DatasetLayout:
 
 
 def read_frames(layout: DatasetLayout, columns: list[str]) -> pd.DataFrame:
-    files = sorted((layout.root / "data").glob("*/*.parquet"))
+    files = data_files(layout.root)
     if not files:
         raise FileNotFoundError(f"dataset.root: no frame files under {layout.root}/data")
-    names = set(pq.read_schema(files[0]).names)
-    wanted = [c for c in columns if c in names]
-    frames = pd.concat([pq.read_table(f, columns=wanted).to_pandas() for f in files], ignore_index=True)
-    return frames.sort_values("index", kind="stable").reset_index(drop=True)
+    names = frame_columns(files)
+    return read_frame_table(files, [c for c in columns if c in names])
 
 
 def read_episodes(root: Path) -> pd.DataFrame:
-    files = sorted((Path(root) / "meta" / "episodes").glob("*/*.parquet"))
-    keep = ["episode_index", "tasks", "length", "data_type", "success", "end_reason", "dataset_from_index"]
-    tables = [pq.read_table(f).to_pandas() for f in files]
-    episodes = pd.concat(tables, ignore_index=True) if tables else pd.DataFrame(columns=keep)
-    return episodes[[c for c in keep if c in episodes]].sort_values("episode_index").reset_index(drop=True)
+    keep = [EPISODE_INDEX, "tasks", "length", DATA_TYPE, SUCCESS, END_REASON, "dataset_from_index"]
+    episodes = read_episode_table(episode_files(root))  # ordered by episode_index
+    if episodes is None:
+        episodes = pd.DataFrame(columns=keep)
+    return episodes[[c for c in keep if c in episodes]].reset_index(drop=True)
 
 
 def first_task(tasks: object) -> str:
@@ -149,7 +169,7 @@ def frame_thresholds(root: Path, tasks: np.ndarray, values: np.ndarray) -> np.nd
     """The labeling's threshold at each frame (global: per task; progress: per task and V bin)."""
     from flywheel.viz.value_monitor import Thresholds
 
-    thresholds = Thresholds.from_labels(Path(root) / LABELS_FILE)
+    thresholds = Thresholds.from_labels(labels_path(root))
     if thresholds is None or not thresholds.per_task:
         return None
     return np.array([thresholds(str(t), float(v)) for t, v in zip(tasks, values, strict=True)], np.float64)
@@ -167,13 +187,13 @@ def replay_dataset(
     stream: rr.RecordingStream, layout: DatasetLayout, episodes: list[int] | None = None
 ) -> ReplaySummary:
     """Send the dataset's frames (all, or the given episodes) on the `frame` timeline = `index`."""
-    columns = ["index", "episode_index", "frame_index", "observation.state", "action", "intervention"]
-    columns += ["policy_version", *LABEL_COLUMNS, *layout.image_keys]
+    columns = [INDEX, EPISODE_INDEX, FRAME_INDEX, STATE, ACTION, INTERVENTION]
+    columns += [POLICY_VERSION, *LABEL_COLUMNS, *layout.image_keys]
     frames = read_frames(layout, columns)
     if episodes is not None:
-        frames = frames[frames["episode_index"].isin(episodes)].reset_index(drop=True)
+        frames = frames[frames[EPISODE_INDEX].isin(episodes)].reset_index(drop=True)
     meta = read_episodes(layout.root)
-    index = frames["index"].to_numpy(np.int64)
+    index = frames[INDEX].to_numpy(np.int64)
     _send_robot_columns(stream, layout, frames, index)
     n_spans = _send_control_columns(stream, frames, index)
     if layout.labeled:
@@ -182,17 +202,17 @@ def replay_dataset(
     _send_episode_events(stream, frames, meta)
     for key in layout.video_keys:
         log.warning("replay: %s is stored as video and is not replayed", key)
-    return ReplaySummary(int(frames["episode_index"].nunique()), len(frames), layout.labeled, n_spans)
+    return ReplaySummary(int(frames[EPISODE_INDEX].nunique()), len(frames), layout.labeled, n_spans)
 
 
 def _send_robot_columns(
     stream: rr.RecordingStream, layout: DatasetLayout, frames: pd.DataFrame, index: np.ndarray
 ) -> None:
-    if "observation.state" in frames:
-        send_scalars(stream, p.STATE, index, _column(frames, "observation.state"))
-    if "action" not in frames:
+    if STATE in frames:
+        send_scalars(stream, p.STATE, index, _column(frames, STATE))
+    if ACTION not in frames:
         return
-    action = _column(frames, "action")
+    action = _column(frames, ACTION)
     source = _action_source(frames)
     names = layout.action_names or [f"a{j}" for j in range(action.shape[1])]
     for s in p.SOURCES:
@@ -209,10 +229,8 @@ def _send_robot_columns(
 
 def _action_source(frames: pd.DataFrame) -> np.ndarray:
     n = len(frames)
-    intervention = (
-        _column(frames, "intervention").reshape(n).astype(bool) if "intervention" in frames else None
-    )
-    version = _column(frames, "policy_version").reshape(n) if "policy_version" in frames else np.ones(n)
+    intervention = _column(frames, INTERVENTION).reshape(n).astype(bool) if INTERVENTION in frames else None
+    version = _column(frames, POLICY_VERSION).reshape(n) if POLICY_VERSION in frames else np.ones(n)
     source = np.where(version == 0, "hold", "policy")
     if intervention is not None:
         source = np.where(intervention, "operator", source)
@@ -220,15 +238,15 @@ def _action_source(frames: pd.DataFrame) -> np.ndarray:
 
 
 def _send_control_columns(stream: rr.RecordingStream, frames: pd.DataFrame, index: np.ndarray) -> int:
-    send_scalars(stream, p.EPISODE, index, frames["episode_index"].to_numpy())
-    if "policy_version" in frames:
-        send_scalars(stream, p.POLICY_VERSION, index, _column(frames, "policy_version").reshape(-1))
-    if "intervention" not in frames:
+    send_scalars(stream, p.EPISODE, index, frames[EPISODE_INDEX].to_numpy())
+    if POLICY_VERSION in frames:
+        send_scalars(stream, p.POLICY_VERSION, index, _column(frames, POLICY_VERSION).reshape(-1))
+    if INTERVENTION not in frames:
         return 0
-    intervention = _column(frames, "intervention").reshape(-1).astype(bool)
+    intervention = _column(frames, INTERVENTION).reshape(-1).astype(bool)
     send_scalars(stream, p.INTERVENTION, index, intervention.astype(np.float64))
     count = 0
-    for episode, rows in frames.groupby("episode_index").indices.items():
+    for episode, rows in frames.groupby(EPISODE_INDEX).indices.items():
         for start, stop in spans(intervention[rows]):
             first, last = int(index[rows][start]), int(index[rows][stop - 1])
             stream.set_time(p.FRAME, sequence=first)
@@ -245,13 +263,13 @@ def _send_labels(
     meta: pd.DataFrame,
     index: np.ndarray,
 ) -> None:
-    values = _column(frames, "value").reshape(-1)
-    advantages = _column(frames, "advantage").reshape(-1)
-    positive = _column(frames, "advantage_positive").reshape(-1).astype(bool)
-    task_of = {int(e): first_task(t) for e, t in zip(meta["episode_index"], meta["tasks"], strict=True)}
-    tasks = np.array([task_of.get(int(e), "") for e in frames["episode_index"]])
+    values = _column(frames, VALUE).reshape(-1)
+    advantages = _column(frames, ADVANTAGE).reshape(-1)
+    positive = _column(frames, ADVANTAGE_POSITIVE).reshape(-1).astype(bool)
+    task_of = {int(e): first_task(t) for e, t in zip(meta[EPISODE_INDEX], meta["tasks"], strict=True)}
+    tasks = np.array([task_of.get(int(e), "") for e in frames[EPISODE_INDEX]])
     thresholds = frame_thresholds(layout.root, tasks, values)
-    for episode, rows in frames.groupby("episode_index").indices.items():
+    for episode, rows in frames.groupby(EPISODE_INDEX).indices.items():
         log_labeled_episode(
             stream,
             int(episode),
@@ -263,8 +281,8 @@ def _send_labels(
             prefix="",
             timeline=p.FRAME,
         )
-    if "intervention" in frames:  # the operator's frames marked on the value curve
-        on = _column(frames, "intervention").reshape(-1).astype(bool)
+    if INTERVENTION in frames:  # the operator's frames marked on the value curve
+        on = _column(frames, INTERVENTION).reshape(-1).astype(bool)
         send_scalars(stream, p.VALUE_INTERVENTION, index[on], values[on])
 
 
@@ -280,14 +298,14 @@ def _send_images(
 
 
 def _send_episode_events(stream: rr.RecordingStream, frames: pd.DataFrame, meta: pd.DataFrame) -> None:
-    info = meta.set_index("episode_index").to_dict("index") if len(meta) else {}
-    for episode, rows in frames.groupby("episode_index").indices.items():
+    info = meta.set_index(EPISODE_INDEX).to_dict("index") if len(meta) else {}
+    for episode, rows in frames.groupby(EPISODE_INDEX).indices.items():
         row = info.get(int(episode), {})
-        first, last = int(frames["index"].iloc[rows[0]]), int(frames["index"].iloc[rows[-1]])
+        first, last = int(frames[INDEX].iloc[rows[0]]), int(frames[INDEX].iloc[rows[-1]])
         task = first_task(row.get("tasks"))
         stream.set_time(p.FRAME, sequence=first)
-        stream.log(p.EVENTS, rr.TextLog(f"episode {episode} ({row.get('data_type', '?')}): {task}"))
-        success = bool(row.get("success", False))
-        text = f"episode {episode} ends: {'success' if success else 'failure'} ({row.get('end_reason', '?')})"
+        stream.log(p.EVENTS, rr.TextLog(f"episode {episode} ({row.get(DATA_TYPE, '?')}): {task}"))
+        success = bool(row.get(SUCCESS, False))
+        text = f"episode {episode} ends: {'success' if success else 'failure'} ({row.get(END_REASON, '?')})"
         stream.set_time(p.FRAME, sequence=last)
         stream.log(p.EVENTS, rr.TextLog(text, level="INFO" if success else "WARN"))

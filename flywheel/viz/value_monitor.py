@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import rerun as rr
 
+from flywheel.contracts.dataset import LABELS_FILE
 from flywheel.viz import paths as p
 
 log = logging.getLogger(__name__)
@@ -221,4 +222,4 @@ def load_value_fn(path: Path, state_names: list[str]) -> ValueFn:
 
 def thresholds_for(value_path: Path) -> Thresholds | None:
     """The thresholds of the labeling that saved `value_path` (<labeled root>/meta/recap_value)."""
-    return Thresholds.from_labels(Path(value_path).parent / "recap_labels.json")
+    return Thresholds.from_labels(Path(value_path).parent / Path(LABELS_FILE).name)

@@ -179,6 +179,17 @@ class SimArm(Robot):
         return self._episode_seed
 
     @property
+    def base_seed(self) -> int:
+        """The configured seed: a caller numbering its episodes runs episode `n` in scene
+        `base_seed + n`."""
+        return self.config.seed
+
+    @property
+    def task_name(self) -> str:
+        """The configured task's name (e.g. push-v3)."""
+        return self.config.task
+
+    @property
     def scene(self) -> int:
         """How many scenes were set up since this object was made: changes with every new scene,
         even one with the seed of the last (a re-recorded episode)."""

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from lerobot.teleoperators.teleoperator import Teleoperator
 
+from flywheel.contracts.messages import Observation
 from robots.sim.sim_arm import LOCAL_SIMS
 from robots.sim.tasks import ACTION_NAMES, STATE_NAMES, get_task
-from teleop.observation import ObservationView
 from teleop.sim_operator.config_sim_operator import SimOperatorConfig
 
 # MetaWorld's scripted policies warn on every call that their gains may saturate the [-1, 1] clip.
@@ -72,7 +72,7 @@ class SimOperator(Teleoperator):
     def disconnect(self) -> None:
         self._connected = False
 
-    def observe(self, view: ObservationView) -> None:
+    def observe(self, view: Observation) -> None:
         """Look at the scene (called once per new observation)."""
         if view.episode != self._episode:
             self._episode = view.episode
@@ -100,7 +100,7 @@ class SimOperator(Teleoperator):
         sim = next(iter(LOCAL_SIMS.values()))
         # The scene counter, not the seed, marks a new episode: a re-recorded stock episode repeats
         # its seed, and the operator must still forget what it saw of the last attempt.
-        view = ObservationView(
+        view = Observation(
             sim.scene, sim.steps, sim.task.instruction, STATE_NAMES, sim.state_vector(), sim.task.name
         )
         self.observe(view)

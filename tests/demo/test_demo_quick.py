@@ -14,8 +14,10 @@ import pytest
 
 from flywheel.demo import DemoConfig, demo_main
 from flywheel.demo.baselines import ground_truth_positive
-from flywheel.demo.report import check_results, curve_verdicts, flywheel_curve, interval, summarize, wilson
+from flywheel.demo.markdown import curve_verdicts
+from flywheel.demo.report import check_results
 from flywheel.demo.run import prepare_out_dir, run_demo
+from flywheel.demo.stats import flywheel_curve, interval, summarize, wilson
 from flywheel.recap.indicator_balance import labels_of
 from flywheel.recap.source import load_source
 
@@ -67,7 +69,7 @@ def test_every_stage_runs_and_the_results_agree_with_themselves(tmp_path):
     curve = flywheel_curve(on_disk)
     for gate in on_disk["gates"]:  # iteration k's decision is what its rollouts ran
         kept = gate["candidate"] if gate["passed"] else gate["current"]
-        assert curve[gate["iteration"]]["versions"][gate["seed"]] == kept
+        assert curve[gate["iteration"]].versions[gate["seed"]] == kept
     report = (out / "report.md").read_text()
     for name in on_disk["figures"]:
         assert f"figures/{name}" in report and (out / "figures" / name).stat().st_size > 1000
@@ -205,12 +207,12 @@ def test_flywheel_curve_follows_the_deployed_version_over_iterations():
     curve = flywheel_curve(
         {"rollouts": [rollout(s, i) for s in (0, 1) for i in (0, 1, 2)], "evaluations": evaluations}
     )
-    assert [r["versions"] for r in curve] == [[1, 1], [2, 2], [3, 2]]
-    assert [r["success_mean"] for r in curve] == pytest.approx([0.25, 0.5, 0.75])
-    assert curve[2]["success_episodes"] == 8
-    assert [r["intervention_rate_mean"] for r in curve] == pytest.approx([0.575, 0.375, 0.175])
-    assert [r["takeovers_per_episode_mean"] for r in curve] == pytest.approx([2.5, 2.0, 1.5])
-    low, high = curve[0]["intervention_rate_ci95"]
+    assert [r.versions for r in curve] == [[1, 1], [2, 2], [3, 2]]
+    assert [r.success_mean for r in curve] == pytest.approx([0.25, 0.5, 0.75])
+    assert curve[2].success_episodes == 8
+    assert [r.intervention_rate_mean for r in curve] == pytest.approx([0.575, 0.375, 0.175])
+    assert [r.takeovers_per_episode_mean for r in curve] == pytest.approx([2.5, 2.0, 1.5])
+    low, high = curve[0].intervention_rate_ci95
     assert low < 0.575 < high
     lines = curve_verdicts(curve)
     assert "+50 points" in lines[0] and "0.30 of the first" in lines[1]

@@ -13,6 +13,7 @@ from lerobot.configs.types import FeatureType, PolicyFeature
 from lerobot.datasets.lerobot_dataset import LeRobotDatasetMetadata
 from lerobot.policies.factory import make_pre_post_processors
 
+from flywheel.contracts.dataset import labels_path
 from flywheel.policies.pi_star_recap import PiStarRECAPConfig, PiStarRECAPPolicy
 from flywheel.recap.labeling import conditioning_line, label_main, run_labeling
 from tests.recap.conftest import label_config
@@ -65,7 +66,7 @@ def test_the_labels_report_carries_the_conditioning_strength(small_root, tiny_po
         assert math.isfinite(entry[key]), key
     assert entry["loss_gap"] == pytest.approx(entry["loss_flipped"] - entry["loss_true"], abs=1e-5)
     assert entry["action_difference"] is None  # sample_actions off by default
-    report = json.loads((out / "meta" / "recap_labels.json").read_text())
+    report = json.loads(labels_path(out).read_text())
     assert report["conditioning"] == pytest.approx(entry)
     assert report["config"]["conditioning"]["policy"] == str(tiny_policy)
     printed = capsys.readouterr().out
@@ -116,7 +117,7 @@ def test_a_policy_that_cannot_be_measured_is_refused_before_anything(
 def test_without_a_policy_there_is_no_conditioning_entry(labeled):
     out, labels = labeled["progress"]
     assert "conditioning" not in labels.report
-    report = json.loads((out / "meta" / "recap_labels.json").read_text())
+    report = json.loads(labels_path(out).read_text())
     assert "conditioning" not in report
     assert report["config"]["conditioning"]["policy"] is None
 

@@ -8,6 +8,7 @@ import torch
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 from lerobot.processor.converters import batch_to_transition, transition_to_batch
 
+from flywheel.contracts.dataset import FrameType, labels_path
 from flywheel.recap.source import load_source
 from tests.recap.conftest import tree_hashes
 
@@ -31,7 +32,7 @@ def test_positive_fraction_per_task_is_on_target(labeled, synth_root, mode):
 def test_intervention_frames_are_all_positive(labeled, synth_root, mode):
     _, labels = labeled[mode]
     source = load_source(synth_root)
-    interventions = source.frame_data_type_ids() == 2
+    interventions = source.frame_data_type_ids() == FrameType.INTERVENTION
     assert interventions.sum() > 0
     assert labels.positive[interventions].all()
 
@@ -42,7 +43,7 @@ def test_source_is_byte_identical_after_labeling(labeled, synth_root, synth_hash
 
 def test_labels_and_report_are_written(labeled):
     out, labels = labeled["progress"]
-    report = json.loads((out / "meta" / "recap_labels.json").read_text())
+    report = json.loads(labels_path(out).read_text())
     assert report["thresholds"]["mode"] == "progress"
     assert len(report["thresholds"]["per_task"]) == 2
     # The synthetic states reveal each episode's speed, so V predicts returns and advantages carry

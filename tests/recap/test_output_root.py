@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from flywheel.cli import main
+from flywheel.contracts.dataset import labels_path
 from flywheel.recap.writer import check_output_root, is_labeled_output
 from tests.recap.conftest import FAST_VALUE, tree_hashes
 from tests.recap.synth import Spec, make_dataset, mixed_specs
@@ -100,7 +101,7 @@ def test_labels_file_alone_does_not_make_a_labeled_output(parent, tmp_path):
     """A dataset with a stray recap_labels.json but without the label columns is not ours."""
     fake = tmp_path / "fake"
     shutil.copytree(parent / "src", fake)
-    (fake / "meta" / "recap_labels.json").write_text("{}")
+    labels_path(fake).write_text("{}")
     assert not is_labeled_output(fake)
     with pytest.raises(FileExistsError, match="not an earlier labeled output"):
         check_output_root(parent / "src", fake, overwrite=True)

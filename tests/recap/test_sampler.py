@@ -1,9 +1,11 @@
-"""The data-type weighted sampler draws each type as often as configured."""
+"""The data-type weights draw each type as often as configured, through the trainer's sampler."""
 
 import numpy as np
 import pytest
+import torch
 
-from flywheel.recap.sampler import DataTypeWeightedSampler, DataTypeWeights, expected_type_shares
+from flywheel.recap.sampler import DataTypeWeights, expected_type_shares, frame_weights
+from trainer.train_policy import weighted_sampler
 
 TYPES = np.array([0] * 600 + [1] * 300 + [2] * 100)
 
@@ -18,13 +20,18 @@ def test_empirical_type_frequencies_match_the_weights(balance):
         np.testing.assert_allclose(expected, np.array([1.0, 0.5, 2.0]) / 3.5)
     else:
         np.testing.assert_allclose(expected, np.array([600, 150, 200]) / 950)
-    draws = np.fromiter(DataTypeWeightedSampler(TYPES, weights, num_samples=40_000, seed=1), dtype=np.int64)
+    torch.manual_seed(1)
+    sampler = weighted_sampler(frame_weights(TYPES, weights), len(TYPES))
+    draws = np.concatenate([np.fromiter(sampler, dtype=np.int64) for _ in range(40)])  # 40 epochs
     observed = np.bincount(TYPES[draws], minlength=3) / len(draws)
     np.testing.assert_allclose(observed, expected, atol=0.01)
 
 
-def test_sampler_reads_a_flywheel_dataset(synth_root):
-    from flywheel.recap.sampler import sampler_for_dataset
+def test_weights_of_a_flywheel_dataset(synth_root):
+    from flywheel.recap.source import load_source
 
-    sampler = sampler_for_dataset(synth_root, DataTypeWeights(), num_samples=100)
-    assert len(list(sampler)) == 100
+    types = load_source(synth_root).frame_data_type_ids()
+    sampler = weighted_sampler(frame_weights(types, DataTypeWeights()), len(types))
+    assert len(list(sampler)) == len(types)
+    with pytest.raises(ValueError, match="weights for"):
+        weighted_sampler(frame_weights(types, DataTypeWeights()), len(types) + 1)

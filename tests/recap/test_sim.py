@@ -7,6 +7,7 @@ import torch
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 from flywheel import cli
+from flywheel.contracts.dataset import FrameType
 from flywheel.recap.labeling import run_labeling
 from flywheel.recap.source import load_source
 from tests.netutil import free_address
@@ -39,7 +40,7 @@ def test_label_a_sim_dataset(tmp_path: Path):
     assert tree_hashes(root) == before
     source = load_source(root)
     assert set(source.episodes.data_type) == {"demo", "intervention"}
-    assert labels.positive[source.frame_data_type_ids() == 2].all()
+    assert labels.positive[source.frame_data_type_ids() == FrameType.INTERVENTION].all()
     assert abs(labels.positive[~labels.forced].mean() - 0.10) < 0.02
     assert labels.report["label_quality"] is not None  # good and drift demos are both present
     dataset = LeRobotDataset("local/labeled", root=out)

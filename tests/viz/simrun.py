@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from flywheel.contracts.ticks import EpisodeEnd
 from robots.sim import ACTION_NAMES, SimArm, SimArmConfig
 from teleop.sim_operator import SimOperator, SimOperatorConfig
 
@@ -17,12 +18,13 @@ POLICY_VERSION = 3
 
 
 class TickSink:
-    """What the daemon's hook needs from a logger (RerunLogger satisfies it)."""
+    """The part of the logger this script drives (RerunLogger satisfies it); the daemon calls its
+    `flywheel.contracts.ticks.TickSink` side, whose `tick` is `log_tick` with a Tick record."""
 
     def start_episode(self, episode: int, task: str) -> None: ...
     def log_tick(self, episode: int, frame: int, observation: dict[str, Any], action: np.ndarray,
                  source: str, intervention: bool, policy_version: int, pedal: bool) -> None: ...  # fmt: skip
-    def end_episode(self, episode: int, success: bool, data_type: str | None, end_reason: str) -> None: ...
+    def end_episode(self, end: EpisodeEnd) -> None: ...
 
 
 def sim_arm(seed: int = 3, camera: bool = False) -> SimArm:
@@ -63,5 +65,5 @@ def drive(
             if on_tick is not None:
                 on_tick()
             logger.log_tick(episode, frame, observation, action, source, pedal, version, pedal)
-        logger.end_episode(episode, arm.task_success(), "intervention", "timeout")
+        logger.end_episode(EpisodeEnd(episode, arm.task_success(), "timeout", "intervention"))
     return seen

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import rerun as rr
 
+from flywheel.contracts.ticks import EpisodeEnd
 from flywheel.viz import RerunConfig, RerunLogger
 from flywheel.viz.sinks import Recording, open_recording
 from tests.viz.readback import scalar_column, text_rows
@@ -92,7 +93,7 @@ def test_a_full_queue_drops_ticks_without_blocking_and_keeps_episode_events():
         t0 = time.perf_counter()
         logger.log_tick(0, frame, {"x": 0.0}, np.zeros(1, np.float32), "policy", False, 1, False)
         slowest = max(slowest, time.perf_counter() - t0)
-    logger.end_episode(0, True, "auto", "success")
+    logger.end_episode(EpisodeEnd(0, True, "success", "auto"))
     assert logger.dropped == 100 - 7  # the start event holds one of the 8 places
     assert slowest < 0.005
     logger.start()
@@ -118,7 +119,7 @@ def test_at_30_hz_with_camera_images_nothing_is_dropped_and_a_tick_costs_microse
         costs.append(time.perf_counter() - t0)
         next_tick += 1 / 30
         time.sleep(max(0.0, next_tick - time.perf_counter()))
-    logger.end_episode(0, False, "auto", "timeout")
+    logger.end_episode(EpisodeEnd(0, False, "timeout", "auto"))
     logger.close()
     assert logger.dropped == 0 and logger.logged == 60
     assert np.percentile(costs, 99) < 0.001

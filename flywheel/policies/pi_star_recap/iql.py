@@ -8,19 +8,22 @@ towards value regression and would see the advantage indicator text it is meant 
 
 import copy
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _mlp(in_dim: int, hidden: int) -> nn.Sequential:
+def mlp(in_dim: int, hidden: int, out_dim: int = 1) -> nn.Sequential:
+    """The critics' MLP (two GELU hidden layers); flywheel.recap.iql builds its critics with it too."""
     return nn.Sequential(
-        nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, 1)
+        nn.Linear(in_dim, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, out_dim)
     )
 
 
 def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
-    """Asymmetric L2: weight `expectile` where diff > 0, 1 - expectile elsewhere (IQL eq. 5)."""
+    """Asymmetric L2 on diff = target - prediction (IQL eq. 5): under-predictions cost `expectile`,
+    over-predictions 1 - expectile, so V is pushed above the mean of Q when expectile > 0.5."""
     weight = torch.where(diff > 0, expectile, 1.0 - expectile)
     return (weight * diff.pow(2)).mean()
 
@@ -28,8 +31,8 @@ def expectile_loss(diff: Tensor, expectile: float) -> Tensor:
 class IQLHeads(nn.Module):
     def __init__(self, state_dim: int, action_dim: int, hidden: int) -> None:
         super().__init__()
-        self.v_head = _mlp(state_dim, hidden)
-        self.q_heads = nn.ModuleList([_mlp(state_dim + action_dim, hidden) for _ in range(2)])
+        self.v_head = mlp(state_dim, hidden)
+        self.q_heads = nn.ModuleList([mlp(state_dim + action_dim, hidden) for _ in range(2)])
         # Target Qs move only through update() (Polyak), never through the optimizer.
         self.q_target = copy.deepcopy(self.q_heads).requires_grad_(False)
 
@@ -66,6 +69,16 @@ class IQLHeads(nn.Module):
             target.lerp_(online, tau)
 
 
-def advantage_weights(advantage: Tensor, temperature: float, max_weight: float) -> Tensor:
-    """AWR weights exp(A / temperature), clipped so one sample cannot dominate the batch."""
-    return torch.exp(advantage / temperature).clamp(max=max_weight)
+def advantage_weights(
+    advantage: Tensor | np.ndarray, temperature: float, max_weight: float
+) -> Tensor | np.ndarray:
+    """AWR weights min(exp(A / temperature), max_weight), so one sample cannot dominate the batch.
+
+    Tensors (the in-policy critics) or numpy arrays (flywheel.recap.iql.awr_weights). numpy caps the
+    exponent at log(max_weight) before exp, so a huge advantage gives max_weight (to rounding), never
+    an overflow; torch caps the weight. Each is the estimator's formula to the bit.
+    """
+    exponent = advantage / temperature
+    if isinstance(exponent, Tensor):
+        return torch.exp(exponent).clamp(max=max_weight)
+    return np.exp(np.minimum(exponent, np.log(max_weight)))
