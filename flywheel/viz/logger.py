@@ -8,8 +8,7 @@ events are kept even then, because they are rare and the outcome text matters mo
 The logger is one of the rollout daemon's sinks: it implements `flywheel.contracts.ticks.TickSink`
 (`start_episode`, `tick`, `end_episode`, `policy_swapped`, `close`). The protocol and its records
 live in the contracts so that this module, below the daemon in the layers, never imports
-`flywheel.rollout`. `log_tick` is the same as `tick` with the fields spelled out (scripts that drive
-the logger without a daemon).
+`flywheel.rollout`.
 """
 
 from __future__ import annotations
@@ -152,35 +151,12 @@ class RerunLogger:
         self._put(("start", self._ticks, time.time(), episode, task), event=True)
 
     def tick(self, tick: Tick) -> None:
-        """One control tick (the sink's call). `tick.observation` and `tick.action` are kept by
-        reference: do not mutate them."""
-        self.log_tick(
-            tick.episode,
-            tick.frame,
-            tick.observation,
-            tick.action,
-            tick.source,
-            tick.intervention,
-            tick.policy_version,
-            tick.pedal,
-        )
-
-    def log_tick(
-        self,
-        episode: int,
-        frame: int,
-        observation: dict[str, Any],
-        action: np.ndarray,
-        source: str,
-        intervention: bool,
-        policy_version: int,
-        pedal: bool,
-    ) -> None:
-        """One control tick. `observation` and `action` are kept by reference: do not mutate them."""
-        tick = self._ticks
+        """One control tick. `tick.observation` and `tick.action` are kept by reference: do not
+        mutate them."""
+        index = self._ticks
         self._ticks += 1
-        item = ("tick", tick, time.time(), episode, frame, observation, action, source, intervention)
-        self._put((*item, policy_version, pedal), event=False)
+        item = ("tick", index, time.time(), tick.episode, tick.frame, tick.observation, tick.action)
+        self._put((*item, tick.source, tick.intervention, tick.policy_version, tick.pedal), event=False)
 
     def end_episode(self, end: EpisodeEnd) -> None:
         item = ("end", self._ticks - 1, time.time(), end.episode, end.success, end.data_type, end.end_reason)

@@ -1,4 +1,4 @@
-"""Cost of RerunLogger.log_tick on the control thread, and whether the queue drops, on the real sim.
+"""Cost of RerunLogger.tick on the control thread, and whether the queue drops, on the real sim.
 
     MUJOCO_GL=egl .venv/bin/python -m tests.viz.bench_logger [--value_path=.../meta/recap_value]
 
@@ -9,6 +9,7 @@ size of a real arm's camera): paced at 30 Hz, then free-running. Not a test: it 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 import time
@@ -16,12 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from flywheel.contracts.ticks import Tick
 from flywheel.viz import RerunConfig, RerunLogger
 from tests.viz.simrun import drive, sim_arm
 
 
 class Timed:
-    """Wraps a logger and times each log_tick call."""
+    """Wraps a logger and times each tick call."""
 
     def __init__(self, logger: RerunLogger):
         self.logger, self.costs = logger, []
@@ -33,10 +35,12 @@ class Timed:
     def end_episode(self, *args) -> None:
         self.logger.end_episode(*args)
 
-    def log_tick(self, episode, frame, observation, *rest) -> None:
-        observation = {**observation, "wrist": self.image[frame % 4]}
+    def tick(self, tick: Tick) -> None:
+        tick = dataclasses.replace(
+            tick, observation={**tick.observation, "wrist": self.image[tick.frame % 4]}
+        )
         t0 = time.perf_counter()
-        self.logger.log_tick(episode, frame, observation, *rest)
+        self.logger.tick(tick)
         self.costs.append(time.perf_counter() - t0)
 
 
@@ -64,9 +68,9 @@ def run(fps: float, frames: int, value_path: Path | None, rrd: Path) -> dict:
         "fps": fps or "free",
         "ticks": frames,
         "loop_hz": round(frames / loop_s, 1),
-        "log_tick_us_p50": round(float(np.percentile(us, 50)), 1),
-        "log_tick_us_p99": round(float(np.percentile(us, 99)), 1),
-        "log_tick_us_max": round(float(us.max()), 1),
+        "tick_us_p50": round(float(np.percentile(us, 50)), 1),
+        "tick_us_p99": round(float(np.percentile(us, 99)), 1),
+        "tick_us_max": round(float(us.max()), 1),
         "dropped": logger.dropped,
         "backlog_at_end": backlog,
         "value_evaluations": logger.value_monitor.evaluations if logger.value_monitor else 0,

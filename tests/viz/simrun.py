@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from flywheel.contracts.ticks import EpisodeEnd
+from flywheel.contracts.ticks import EpisodeEnd, Tick
 from robots.sim import ACTION_NAMES, SimArm, SimArmConfig
 from teleop.sim_operator import SimOperator, SimOperatorConfig
 
@@ -18,12 +18,10 @@ POLICY_VERSION = 3
 
 
 class TickSink:
-    """The part of the logger this script drives (RerunLogger satisfies it); the daemon calls its
-    `flywheel.contracts.ticks.TickSink` side, whose `tick` is `log_tick` with a Tick record."""
+    """The part of `flywheel.contracts.ticks.TickSink` this script drives (RerunLogger is one)."""
 
     def start_episode(self, episode: int, task: str) -> None: ...
-    def log_tick(self, episode: int, frame: int, observation: dict[str, Any], action: np.ndarray,
-                 source: str, intervention: bool, policy_version: int, pedal: bool) -> None: ...  # fmt: skip
+    def tick(self, tick: Tick) -> None: ...
     def end_episode(self, end: EpisodeEnd) -> None: ...
 
 
@@ -64,6 +62,7 @@ def drive(
             source, version = ("operator", 0) if pedal else ("policy", POLICY_VERSION)
             if on_tick is not None:
                 on_tick()
-            logger.log_tick(episode, frame, observation, action, source, pedal, version, pedal)
+            task = arm.task_description()
+            logger.tick(Tick(episode, frame, task, observation, action, source, pedal, version, pedal))
         logger.end_episode(EpisodeEnd(episode, arm.task_success(), "timeout", "intervention"))
     return seen

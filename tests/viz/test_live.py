@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import rerun as rr
 
-from flywheel.contracts.ticks import EpisodeEnd
+from flywheel.contracts.ticks import EpisodeEnd, Tick
 from flywheel.viz import RerunConfig, RerunLogger
 from flywheel.viz.sinks import Recording, open_recording
 from tests.viz.readback import scalar_column, text_rows
@@ -91,7 +91,7 @@ def test_a_full_queue_drops_ticks_without_blocking_and_keeps_episode_events():
     slowest = 0.0
     for frame in range(100):
         t0 = time.perf_counter()
-        logger.log_tick(0, frame, {"x": 0.0}, np.zeros(1, np.float32), "policy", False, 1, False)
+        logger.tick(Tick(0, frame, "", {"x": 0.0}, np.zeros(1, np.float32), "policy", False, 1, False))
         slowest = max(slowest, time.perf_counter() - t0)
     logger.end_episode(EpisodeEnd(0, True, "success", "auto"))
     assert logger.dropped == 100 - 7  # the start event holds one of the 8 places
@@ -115,7 +115,7 @@ def test_at_30_hz_with_camera_images_nothing_is_dropped_and_a_tick_costs_microse
     for frame in range(60):  # 2 s at 30 Hz
         observation = {"hand_x": 0.1 * frame, "hand_y": 0.0, "wrist": images[frame % 4]}
         t0 = time.perf_counter()
-        logger.log_tick(0, frame, observation, np.zeros(2, np.float32), "policy", False, 1, False)
+        logger.tick(Tick(0, frame, "", observation, np.zeros(2, np.float32), "policy", False, 1, False))
         costs.append(time.perf_counter() - t0)
         next_tick += 1 / 30
         time.sleep(max(0.0, next_tick - time.perf_counter()))

@@ -5,8 +5,10 @@ from __future__ import annotations
 import socket
 import urllib.request
 
+import numpy as np
 import pytest
 
+from flywheel.contracts.ticks import Tick
 from flywheel.viz import RerunConfig, RerunLogger
 
 
@@ -40,7 +42,7 @@ def test_serve_binds_loopback_and_close_stops_the_server():
         for port in (cfg.grpc_port, cfg.web_port):
             assert listening_addresses(port) == {"0100007F"}  # 127.0.0.1, nothing else
         logger.start_episode(0, "task")
-        logger.log_tick(0, 0, {"x": 1.0}, [0.0], "policy", False, 1, False)
+        logger.tick(Tick(0, 0, "", {"x": 1.0}, np.zeros(1, np.float32), "policy", False, 1, False))
     finally:
         logger.close()
     server = logger.recording.children[0]
