@@ -10,7 +10,7 @@
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHON=${FLYWHEEL_PYTHON:-python3.11}
+PYTHON=${FLYWHEEL_PYTHON:-}
 CACHE=${FLYWHEEL_CACHE:-$HOME/.cache/flywheel}
 LOCK=$ROOT/requirements/lock.txt
 # Shim distributions that let stock LeRobot discover our robots, teleoperators and policies.
@@ -19,10 +19,28 @@ for plugin in "$ROOT"/plugins/*/pyproject.toml; do PLUGINS+=("plugins/$(basename
 
 log() { echo "[bootstrap] $*" >&2; }
 
-if ! command -v "$PYTHON" >/dev/null; then
-  log "error: $PYTHON not found; install Python 3.11 or set FLYWHEEL_PYTHON"
+# Python 3.12 (lerobot 0.6 needs it): $FLYWHEEL_PYTHON, else python3.12 on PATH, else pyenv's newest
+# 3.12 (a pyenv shim on PATH that has no 3.12 selected fails the check and is passed over).
+is_312() { [ -n "$1" ] && "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))' 2>/dev/null; }
+find_python() {
+  local candidates=() pyenv_root
+  [ -n "$PYTHON" ] && candidates+=("$PYTHON")
+  command -v python3.12 >/dev/null && candidates+=("$(command -v python3.12)")
+  pyenv_root=$( (command -v pyenv >/dev/null && pyenv root) || echo "$HOME/.pyenv")
+  while IFS= read -r found; do candidates+=("$found"); done < <(
+    ls -d "$pyenv_root"/versions/3.12.*/bin/python3.12 2>/dev/null | sort -rV)
+  for candidate in "${candidates[@]}"; do
+    if is_312 "$candidate"; then echo "$candidate"; return; fi
+  done
+}
+PYTHON=$(find_python)
+if [ -z "$PYTHON" ]; then
+  log "error: no Python 3.12 found (tried \$FLYWHEEL_PYTHON, python3.12 on PATH, \$(pyenv root)/versions/3.12.*)."
+  log "       Install one, e.g. 'pyenv install 3.12' or 'apt-get install python3.12 python3.12-venv',"
+  log "       or point FLYWHEEL_PYTHON at a python3.12 binary."
   exit 1
 fi
+log "using $PYTHON ($("$PYTHON" --version))"
 
 # MuJoCo's offscreen camera needs EGL; state-only runs do not. Install it when we can.
 if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then

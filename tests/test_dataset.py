@@ -77,8 +77,8 @@ STOCK_FEATURES = {
 
 def stock_dataset(root: Path, lengths: tuple[int, ...] = (3, 4, 5)) -> Path:
     """A dataset written the way stock `lerobot-record` writes it: LeRobot's own LeRobotDataset.create,
-    add_frame and save_episode (the very calls lerobot-record makes), no flywheel column. LeRobot 0.4.4
-    packs every episode into one data file and one metadata file by default."""
+    add_frame and save_episode (the very calls lerobot-record makes), no flywheel column. LeRobot (0.4.4
+    and 0.6.1) packs every episode into one data file and one metadata file by default."""
     dataset = LeRobotDataset.create("local/stock", 30, STOCK_FEATURES, root=root, use_videos=False)
     for length in lengths:
         for k in range(length):
@@ -153,3 +153,23 @@ def test_the_readers_give_every_episode_and_frame_in_order(tmp_path):
     frames = read_frame_table(data_files(tmp_path / "ds"), ["index", "episode_index"])
     assert frames["index"].tolist() == list(range(6))
     assert frames["episode_index"].tolist() == [0, 0, 0, 1, 1, 1]
+
+
+def test_each_episode_is_sealed_in_files_of_its_own_also_after_reopening(tmp_path):
+    """Every saved episode's two files are complete (footer written) before the next episode starts,
+    the third and later ones too (lerobot 0.6's finalize() closes the writers only once), and an
+    episode appended after reopening takes new files rather than rewriting the last ones."""
+    root = tmp_path / "ds"
+    dataset = open_for_append(root, "t/x", 30, FEATURES, "arm", False)
+    for e in range(5):
+        if e == 3:
+            dataset = open_for_append(root, "t/x", 30, FEATURES, "arm", False)
+        for k in range(2 + e):
+            dataset.add_frame(_frame(k))
+        save_episode(dataset, EpisodeInfo(DataType.AUTO, success=False, seed=e))
+        assert len(data_files(root)) == len(episode_files(root)) == e + 1
+        episodes = read_episode_table(episode_files(root))  # raises on a file without its footer
+        assert episodes["seed"].tolist() == list(range(e + 1))
+        assert len(read_frame_table(data_files(root), ["index"])) == sum(range(2, 3 + e))
+    copy = LeRobotDataset("t/x", root=root)
+    assert (copy.num_episodes, copy.num_frames) == (5, 20)

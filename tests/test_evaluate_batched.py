@@ -171,8 +171,8 @@ def test_pi_star_recap_batch_of_n_gives_n_batches_of_one(tmp_path: Path, cfg_sca
 
 def test_one_observation_is_fed_as_lerobot_feeds_it(tmp_path: Path):
     """The daemon's predict_chunk, now a batch of one, computes what it computed before."""
-    from lerobot.datasets.utils import build_dataset_frame
     from lerobot.policies.utils import prepare_observation_for_inference
+    from lerobot.utils.feature_utils import build_dataset_frame
 
     policy = load_batch_policy(tiny_sim_checkpoint(tmp_path / "policy", chunk_size=10))
     observation = scene_observations("push-v3", scenes=1, steps=(5,))[0]

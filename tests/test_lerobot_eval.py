@@ -27,7 +27,7 @@ def test_the_env_type_is_registered_with_lerobot():
 
 def test_observations_map_to_the_keys_flywheel_records():
     from lerobot.envs.factory import make_env
-    from lerobot.envs.utils import add_envs_task, env_to_policy_features, preprocess_observation
+    from lerobot.envs.utils import env_to_policy_features, preprocess_observation
 
     from robots.sim.gym_env import FlywheelSimEnvConfig
 
@@ -36,7 +36,9 @@ def test_observations_map_to_the_keys_flywheel_records():
     vec = make_env(cfg, n_envs=1)["flywheel_sim"][0]
     try:
         raw, _ = vec.reset(seed=[3])
-        obs = add_envs_task(vec, preprocess_observation(raw))
+        obs = preprocess_observation(raw)
+        # LeRobot 0.6 dropped add_envs_task: its rollout reads the task from the sub-envs this way.
+        obs["task"] = list(vec.call("task_description"))
     finally:
         vec.close()
     assert obs["observation.state"].shape == (1, len(STATE_NAMES))

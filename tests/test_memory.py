@@ -14,7 +14,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pandas as pd
-from lerobot.datasets.utils import build_dataset_frame, load_episodes
+from lerobot.datasets.io_utils import load_episodes
+from lerobot.utils.feature_utils import build_dataset_frame
 
 from benchmarks.fixtures import tiny_sim_checkpoint
 from flywheel.contracts.dataset import (

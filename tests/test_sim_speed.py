@@ -184,10 +184,10 @@ def test_no_patch_on_another_metaworld_version(monkeypatch, caplog, fresh_patch_
 
 
 def test_no_rotation_shortcut_on_another_scipy(monkeypatch, caplog, fresh_patch_caches):
-    monkeypatch.setattr(fast_metaworld, "_version", lambda dist: "3.0.0" if dist == "metaworld" else "1.18.0")
+    monkeypatch.setattr(fast_metaworld, "_version", lambda dist: "3.0.0" if dist == "metaworld" else "1.19.0")
     with caplog.at_level(logging.WARNING, logger=fast_metaworld.__name__), _connected("push-v3") as arm:
         assert arm.fast_patches == ["touching_object", "_get_curr_obs_combined_no_goal"]
-        assert "scipy 1.18.0 is installed" in caplog.text
+        assert "scipy 1.19.0 is installed" in caplog.text
 
 
 def test_turned_off_by_the_environment(monkeypatch):

@@ -58,9 +58,9 @@ def test_a_stock_dataset_is_refused_naming_it_and_nothing_is_made(tmp_path, caps
         code, lines = _trainer(data, work, registry, capsys)
         assert code == 2
         errors = [line for line in lines if line.startswith("flywheel trainer:")]
-        assert errors == [
-            f"flywheel trainer: features.intervention: missing from {data}/meta/info.json (episode: all)"
-        ]
+        # Its missing flywheel fields are derived (docs/dataset.md), but not its outcome.
+        assert len(errors) == 1 and errors[0].startswith("flywheel trainer: meta/episodes.success: missing")
+        assert errors[0].endswith(f"in the dataset at {data}")
         assert not list(work.glob("iter-*")) and not list(tmp_path.rglob("snapshot"))
         assert not registry.exists()
     assert tree(data) == before

@@ -69,14 +69,16 @@ class FramesInMemory(torch.utils.data.Dataset):
         # as LeRobotDataset._get_query_indices does; indices there are absolute (the `index` column).
         self.query_rows: dict[str, torch.Tensor] = {}  # key -> [n, len(deltas)] rows of self.columns
         self.is_pad: dict[str, torch.Tensor] = {}  # "{key}_is_pad" -> [n, len(deltas)] bool
-        if dataset.delta_indices is not None:
+        # LeRobot 0.6 keeps the delta indices on the dataset's reader (hf_dataset above created it).
+        delta_indices = dataset.reader.delta_indices
+        if delta_indices is not None:
             absolute = self.columns["index"].numpy().astype(np.int64)
             row_of = np.full(int(absolute.max()) + 1, -1, np.int64)
             row_of[absolute] = np.arange(n)
             episode = self.columns["episode_index"].numpy().astype(np.int64)
             starts = np.asarray(list(dataset.meta.episodes["dataset_from_index"]), np.int64)[episode]
             ends = np.asarray(list(dataset.meta.episodes["dataset_to_index"]), np.int64)[episode]
-            for key, deltas in dataset.delta_indices.items():
+            for key, deltas in delta_indices.items():
                 if key not in self.columns:
                     raise KeyError(
                         f"FramesInMemory: delta_timestamps key {key} is not a column of the dataset"

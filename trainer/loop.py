@@ -244,7 +244,7 @@ class Trainer:
     def _check_input(self) -> None:
         """The checks `flywheel label` makes, on the user's dataset and before anything is written: an
         error names dataset_root, never the trainer's snapshot of it."""
-        check_dataset(self.cfg.dataset_root)
+        check_dataset(self.cfg.dataset_root, self.cfg.label.stock_fields())
 
     # --- one iteration ---------------------------------------------------------------------------
     def iterate(self, kind: str) -> int | None:

@@ -29,7 +29,6 @@ import logging
 import os
 import shutil
 import time
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
@@ -44,12 +43,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from datasets.fingerprint import generate_random_fingerprint
 from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-from lerobot.datasets.utils import DEFAULT_DATA_PATH, DEFAULT_EPISODES_PATH, hw_to_dataset_features
+from lerobot.datasets.utils import DEFAULT_DATA_PATH, DEFAULT_EPISODES_PATH
+from lerobot.utils.feature_utils import hw_to_dataset_features
 
 log = logging.getLogger(__name__)
-
-# LeRobot's stats code converts the bool columns (intervention, next.done) and says so every episode.
-warnings.filterwarnings("ignore", message="Converting input from bool", category=RuntimeWarning)
 
 # --- On-disk layout (LeRobotDataset v3), relative to the dataset's root --------------------------
 INFO_FILE = "meta/info.json"
@@ -281,16 +278,23 @@ def open_for_append(
             metadata_buffer_size=1,
         )
     quarantine_unindexed_files(root)
-    dataset = LeRobotDataset(repo_id, root=root)
+    # resume(), not LeRobotDataset(...): since lerobot 0.6 the constructor opens a dataset read-only
+    # (no writer), and it loads every frame, which appending does not need.
+    dataset = LeRobotDataset.resume(repo_id, root=root)
     _check_compatible(dataset, fps, features)
-    dataset.meta.metadata_buffer_size = 1
+    # resume() takes no metadata_buffer_size (create() does): write each metadata row at once.
+    dataset.meta._metadata_buffer_size = 1
     return dataset
 
 
 def _forget_if_never_used(root: Path) -> None:
     """A dataset created by a run that saved no episode (it failed to connect, say) holds only
-    meta/info.json, which LeRobot cannot reopen (it looks for the data on the hub). Nothing was
-    saved in it, so it is created again.
+    meta/info.json. Nothing was saved in it, so it is created again, with this run's settings.
+
+    LeRobot 0.4.4 could not reopen it at all (it looked for the data on the hub). 0.6.1's resume()
+    can, but it would keep the failed run's info.json: its robot_type, and its camera dtype, so a
+    retry with another `--dataset.video` would be refused as incompatible with a dataset that holds
+    nothing. Creating it again keeps what 0.4.4 left on disk in that case.
 
     Only that file and its two folders are removed, one by one (never a tree): a root holding
     anything else is refused and left as it is, since that is not what such a run leaves."""
@@ -325,8 +329,9 @@ def _check_compatible(dataset: LeRobotDataset, fps: int, features: dict) -> None
 def save_episode(dataset: LeRobotDataset, info: EpisodeInfo) -> None:
     """Save the buffered episode with the flywheel's per-episode columns, then seal its files.
 
-    LeRobot 0.4.4 has no hook for extra per-episode metadata, so the columns are merged into the
-    metadata row on its way to `meta.save_episode`.
+    LeRobot (0.4.4, and 0.6.1's DatasetWriter.save_episode) has no hook for extra per-episode
+    metadata, so the columns are merged into the metadata row on its way to `meta.save_episode`
+    (which the writer calls with these five arguments, positionally).
     """
     meta = dataset.meta
     original = meta.save_episode
@@ -350,12 +355,22 @@ def save_episode(dataset: LeRobotDataset, info: EpisodeInfo) -> None:
 
 def _seal(dataset: LeRobotDataset) -> None:
     """Close the parquet writers so the episode's files are complete on disk, and make the next
-    episode start new files (LeRobot would otherwise reopen the last file and truncate it)."""
-    dataset.finalize()
-    dataset._writer_closed_for_reading = True  # data: the next episode goes to the next file
-    # metadata: back to the state of a freshly opened dataset, whose next episode takes a new file
-    dataset.meta.episodes = _with_latest_episode(dataset.meta)
-    dataset.meta.latest_episode = None
+    episode start new files (LeRobot would otherwise reopen the last file and truncate it).
+
+    Not dataset.finalize(): in lerobot 0.6 it is once only (a `_finalized` flag on the dataset, its
+    DatasetWriter and its metadata), so from the second episode on it would close nothing; and it
+    would also stop the writer's image writer for good. The two parquet writers, all that 0.4.4's
+    finalize() closed here, are closed directly instead."""
+    writer, meta = dataset.writer, dataset.meta
+    writer.close_writer()  # data/...: footer written
+    meta._close_writer()  # meta/episodes/...: the buffered row written (buffer size 1), footer written
+    # Back to the state of a freshly resumed dataset: with no latest episode, the writer and the
+    # metadata each take the file after meta.episodes[-1]'s, which is why meta.episodes must hold
+    # the episode just saved (LeRobot does not add it: neither 0.4.4 nor 0.6.1 updates
+    # meta.episodes on save).
+    meta.episodes = _with_latest_episode(meta)
+    writer._latest_episode = None  # data: the next episode goes to the next file
+    meta.latest_episode = None  # metadata: likewise
 
 
 def _with_latest_episode(meta: LeRobotDatasetMetadata) -> datasets.Dataset:
@@ -369,6 +384,10 @@ def _with_latest_episode(meta: LeRobotDatasetMetadata) -> datasets.Dataset:
     the whole table) and grew the daemon's RSS by 0.3-0.5 MB per episode: freed but fragmented
     glibc heap (live allocations stayed flat; malloc_trim gave most of it back). It was all of the
     soak's steady growth, about 3 MB a minute (tests/test_memory.py, benchmarks/soak.py).
+
+    Still needed on lerobot 0.6.1: its load_episodes (lerobot.datasets.io_utils) is unchanged, still
+    Dataset.from_parquet over every episode file, and nothing in LeRobot updates meta.episodes
+    after a save, so the table has to be extended here one way or the other.
     """
     latest = meta.latest_episode  # the row LeRobot just wrote (the metadata buffer holds one)
     path = meta.root / episode_file(

@@ -28,4 +28,5 @@ def write_rerun(results: dict, out: Path, episodes: int = 6) -> str | None:
     total = len(read_episodes(labeled))
     replay_dataset(stream, read_layout(labeled), episodes=list(range(max(0, total - episodes), total)))
     stream.flush()
+    stream.disconnect()  # closes the .rrd (and writes its footer)
     return str(path)

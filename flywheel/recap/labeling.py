@@ -28,7 +28,7 @@ from flywheel.recap import iql
 from flywheel.recap.iql import IQLSettings
 from flywheel.recap.quality import frame_truth, label_quality
 from flywheel.recap.returns import episode_rewards, normalize, reward_to_go
-from flywheel.recap.source import Source, load_source
+from flywheel.recap.source import Source, StockFields, load_source
 from flywheel.recap.train_value import (
     FitSettings,
     cross_fit_values,
@@ -49,6 +49,10 @@ VALUE_DIR = "meta/recap_value"
 class LabelDatasetConfig:
     # The dataset to label (read only).
     root: Path = Path("outputs/datasets/flywheel")
+    # Who drove every frame of a dataset without the per-frame `intervention` feature (stock LeRobot
+    # tools, docs/dataset.md): operator (lerobot-record: demo episodes) | policy (lerobot-rollout's
+    # sentry/highlight/episodic strategies: auto episodes). Unused when the dataset has the feature.
+    driver: str = "operator"
 
 
 @dataclass
@@ -64,6 +68,11 @@ class RewardConfig:
     failure_penalty: float = 0.5
     # T_max used to normalize returns; default: the longest episode of the task in the dataset.
     max_episode_length: int | None = None
+    # Only for a dataset without meta/episodes.success (stock LeRobot tools record no outcome;
+    # docs/dataset.md): the episode indices that succeeded, the others failed ...
+    success_episodes: list[int] | None = None
+    # ... or: every episode succeeded.
+    assume_success: bool = False
 
 
 @dataclass
@@ -141,7 +150,17 @@ class LabelConfig:
     # Optional: measure a policy's conditioning strength on the new labels (--conditioning.policy).
     conditioning: ConditioningReportConfig = field(default_factory=ConditioningReportConfig)
 
+    def stock_fields(self) -> StockFields:
+        """What the user said about a stock LeRobot dataset's missing fields (`load_source`)."""
+        episodes = self.reward.success_episodes
+        return StockFields(
+            success_episodes=None if episodes is None else tuple(int(e) for e in episodes),
+            assume_success=self.reward.assume_success,
+            driver=self.dataset.driver,
+        )
+
     def __post_init__(self) -> None:
+        self.stock_fields()  # refuses an unknown dataset.driver, or both success flags
         choices = {
             "advantage.estimator": (self.advantage.estimator, ("recap", "iql")),
             "advantage.mode": (self.advantage.mode, ("nstep", "mc")),
@@ -192,7 +211,8 @@ def run_labeling(cfg: LabelConfig) -> Labels:
 def _run_labeling(cfg: LabelConfig) -> Labels:
     start = time.perf_counter()
     policy_config = check_conditioning_policy(cfg.conditioning.policy)  # before any other work
-    source = load_source(cfg.dataset.root, cfg.value.use_images)  # validates before anything is written
+    # Validates before anything is written.
+    source = load_source(cfg.dataset.root, cfg.value.use_images, cfg.stock_fields())
     if policy_config is not None:
         check_policy_features(policy_config, cfg.conditioning.policy, source.info)
     check_output_root(source.root, cfg.output.root, cfg.output.overwrite)

@@ -26,12 +26,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from lerobot.datasets.compute_stats import aggregate_stats, compute_episode_stats
-from lerobot.datasets.utils import get_hf_features_from_features, serialize_dict
+from lerobot.datasets.feature_utils import get_hf_features_from_features
+from lerobot.datasets.utils import serialize_dict
 
 from flywheel.contracts.dataset import (
     ADVANTAGE,
     ADVANTAGE_POSITIVE,
     EPISODE_INDEX,
+    FLYWHEEL_FRAME_FEATURES,
     INDEX,
     LABEL_FEATURES,
     LABELS_FILE,
@@ -48,9 +50,11 @@ from flywheel.recap.source import Source
 
 
 def features_for(columns: dict[str, np.ndarray]) -> dict[str, dict]:
-    """LABEL_FEATURES, plus float32 (1,) for any extra column (e.g. IQL's `awr_weight`)."""
+    """LABEL_FEATURES (or, for a flywheel field derived from a stock dataset, FLYWHEEL_FRAME_FEATURES),
+    plus float32 (1,) for any extra column (e.g. IQL's `awr_weight`)."""
     extra = {"dtype": "float32", "shape": (1,), "names": None}
-    return {key: LABEL_FEATURES.get(key, extra) for key in columns}
+    known = {**FLYWHEEL_FRAME_FEATURES, **LABEL_FEATURES}
+    return {key: known.get(key, extra) for key in columns}
 
 
 def label_columns(values: np.ndarray, advantages: np.ndarray, positive: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,9 +115,13 @@ def write_labeled(
     source: Source, out: Path, columns: dict[str, np.ndarray], report: dict, extra_dirs: dict[str, Path]
 ) -> None:
     """Copy `source` to `out` with the label columns; `extra_dirs` are copied under `out` too.
+    The flywheel fields a stock LeRobot source lacks, derived in memory by `load_source`
+    (`source.derived_frames`, `source.derived_episodes`), are written into the copy too, so it is
+    a complete flywheel dataset (docs/dataset.md, "Datasets from stock LeRobot tools").
 
     The caller has checked `out` with `check_output_root`."""
     out = Path(out)
+    columns = {**source.derived_frames, **columns}
     out.parent.mkdir(parents=True, exist_ok=True)
     # A fresh, uniquely named sibling: nothing that existed before is ever reused or removed.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent)) / "dataset"
@@ -124,7 +132,7 @@ def write_labeled(
         for path in data_files(tmp):
             _add_columns(path, columns, hf_schema)
         episode_stats = _episode_stats(source, columns)
-        _extend_episode_files(tmp, episode_stats)
+        _extend_episode_files(tmp, episode_stats, source.derived_episodes)
         _extend_stats(tmp, episode_stats)
         labels_path(tmp).write_text(json.dumps(report, indent=2, default=float))
         for name, directory in extra_dirs.items():
@@ -177,10 +185,14 @@ def _episode_stats(source: Source, columns: dict[str, np.ndarray]) -> list[dict]
     return stats
 
 
-def _extend_episode_files(root: Path, episode_stats: list[dict]) -> None:
+def _extend_episode_files(root: Path, episode_stats: list[dict], episode_columns: dict[str, list]) -> None:
+    """Add the per-episode stats of the new features, and `episode_columns` (one value per episode,
+    in episode order: episode indices are 0..E-1, checked by `load_source`)."""
     for path in episode_files(root):
         table = pq.read_table(path)
         episodes = table.column(EPISODE_INDEX).to_pylist()
+        for name, values in episode_columns.items():
+            table = table.append_column(name, pa.array([values[e] for e in episodes]))
         for key in episode_stats[0]:
             for stat in episode_stats[0][key]:
                 values = [np.asarray(episode_stats[e][key][stat]).reshape(-1).tolist() for e in episodes]

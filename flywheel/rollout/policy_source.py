@@ -145,8 +145,8 @@ class LeRobotChunkPolicy:
     def _row(self, observation: dict[str, Any]) -> dict[str, Any]:
         """One observation as LeRobot feeds a policy: tensors with a batch dimension of 1, on the CPU."""
         import torch
-        from lerobot.datasets.utils import build_dataset_frame
         from lerobot.policies.utils import prepare_observation_for_inference
+        from lerobot.utils.feature_utils import build_dataset_frame
 
         frame = build_dataset_frame(self.features, observation, prefix="observation")
         row = prepare_observation_for_inference(frame, torch.device("cpu"), None, robot_type=None)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
-from lerobot.datasets.utils import build_dataset_frame
+from lerobot.utils.feature_utils import build_dataset_frame
 
 from flywheel.contracts.dataset import DONE, INTERVENTION, POLICY_VERSION, REWARD, EpisodeInfo, save_episode
 from flywheel.contracts.ticks import EpisodeEnd, Tick
@@ -112,9 +112,9 @@ class Recorder:
 
     def _end(self, info: EpisodeInfo) -> None:
         self._flush_pending(done=True, success=info.success)
-        buffer = self.dataset.episode_buffer
-        if buffer is None or buffer["size"] == 0:
+        if not self.dataset.has_pending_frames():
             raise ValueError("episode: ended with no frames; nothing to save")
+        buffer = self.dataset.writer.episode_buffer  # lerobot 0.6: the buffer is the DatasetWriter's
         length, index = buffer["size"], buffer["episode_index"]
         save_episode(self.dataset, info)
         saved = SavedEpisode(index, length, info)

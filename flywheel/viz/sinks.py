@@ -1,9 +1,10 @@
 """Open a Rerun recording stream on the sinks a `RerunConfig` asks for.
 
 Serving goes through the bundled `rerun` CLI in a child process rather than
-`RecordingStream.serve_grpc` / `rr.serve_web_viewer`: in rerun-sdk 0.26 those two always bind
-0.0.0.0, while the CLI takes `--bind`, so the default stays on loopback. It also lets one stream
-write a file and feed the server at the same time (set_sinks(GrpcSink, FileSink)).
+`RecordingStream.serve_grpc` / `rr.serve_web_viewer`: those two always bind 0.0.0.0 (rerun-sdk
+0.26 and still 0.33: they take no bind address), while the CLI takes `--bind`, so the default stays
+on loopback. It also lets one stream write a file and feed the server at the same time
+(set_sinks(GrpcSink, FileSink)).
 """
 
 from __future__ import annotations

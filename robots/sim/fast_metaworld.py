@@ -48,7 +48,7 @@ import numpy as np
 from metaworld.sawyer_xyz_env import SawyerXYZEnv
 from scipy.spatial.transform import Rotation
 
-try:  # the compiled backend scipy 1.17's Rotation.from_matrix calls
+try:  # the compiled backend scipy 1.17's and 1.18's Rotation.from_matrix call
     from scipy.spatial.transform import _rotation_cy
 except ImportError:  # another scipy layout: the rotation shortcut is left out
     _rotation_cy = None
@@ -56,7 +56,9 @@ except ImportError:  # another scipy layout: the rotation shortcut is left out
 log = logging.getLogger(__name__)
 
 METAWORLD_VERSION = "3.0.0"
-SCIPY_SERIES = "1.17."
+# The scipy releases whose Rotation.from_matrix the shortcut was checked against, bit for bit
+# (tests/test_sim_speed.py).
+SCIPY_SERIES = ("1.17.", "1.18.")
 # The tolerance under which a matrix is surely accepted by scipy's rotation check (its own is
 # atol 1e-12, plus rtol 1e-5 on the diagonal); the margin covers rounding differences between this
 # check (plain floats) and scipy's (matmul, LAPACK det), which are ~1e-16.
@@ -223,7 +225,7 @@ def _fast_class(cls: type) -> type:
         else:
             _warn_once(
                 f"fast_metaworld: scipy {scipy_version} is installed, the rotation shortcut is "
-                f"written for {SCIPY_SERIES}x; leaving it out"
+                f"checked against {' and '.join(s + 'x' for s in SCIPY_SERIES)}; leaving it out"
             )
     if cls._get_curr_obs_combined_no_goal is SawyerXYZEnv._get_curr_obs_combined_no_goal:
         methods["_get_curr_obs_combined_no_goal"] = curr_obs_combined_no_goal

@@ -134,14 +134,6 @@ class FlywheelSimEnvConfig(EnvConfig):
         }
 
 
-# No OrderEnforcing wrapper: lerobot-eval reads `task_description` with hasattr() on the env
-# gym.make returns, and Gymnasium 1.x wrappers no longer forward attributes (the policy would be
-# prompted with an empty task).
 for _name in TASKS:
     if f"{GYM_NAMESPACE}/{_name}" not in gym.registry:
-        gym.register(
-            id=f"{GYM_NAMESPACE}/{_name}",
-            entry_point=FlywheelSimEnv,
-            kwargs={"task": _name},
-            order_enforce=False,
-        )
+        gym.register(id=f"{GYM_NAMESPACE}/{_name}", entry_point=FlywheelSimEnv, kwargs={"task": _name})

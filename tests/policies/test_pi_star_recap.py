@@ -420,3 +420,16 @@ def test_local_tokenizer_path_writes_the_state_as_digits(tmp_path: Path):
     assert ids == [vocab[w] for w in expected.split(" ")]
     loss, _ = policy.forward(make_batch(2))
     assert torch.isfinite(loss)
+
+
+def test_text_embeddings_are_scaled_by_sqrt_width_once(tmp_path: Path):
+    """transformers 5's Gemma embedding scales by sqrt(width) itself (4.57 left it to the model's
+    forward); the scale is an unsaved buffer, so a checkpoint load must rebuild it as well."""
+    policy = PiStarRECAPPolicy(make_config())
+    policy.save_pretrained(tmp_path)
+    tokens = torch.tensor([[1, 2, 3]])
+    for model in (policy, PiStarRECAPPolicy.from_pretrained(tmp_path)):
+        backbone = model.model.paligemma_with_expert
+        weight = backbone.language_model.embed_tokens.weight
+        expected = weight[tokens] * weight.shape[1] ** 0.5
+        torch.testing.assert_close(backbone.embed_tokens(tokens), expected)

@@ -1,33 +1,52 @@
-"""Read a .rrd back with Rerun's dataframe API, one entity's scalar column at a time."""
+"""Read a .rrd back, one entity's scalar or text column at a time.
+
+rerun-sdk 0.33 has no `rerun.dataframe` any more (and `rerun.recording.load_recording` is deprecated
+and has no `.view()`); its reader is `rerun.experimental.RrdReader`, which yields the recording's
+chunks. `RrdReader.stream()` (not `.store()`) also reads a file whose stream was only flushed, not
+disconnected (no footer yet). Rows of one entity come from several chunks: they are merged and put
+in time order (then logging order: row ids increase), like the dataframe view's range query did.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
-import rerun.dataframe as rdf
+from rerun.experimental import RrdReader
+
+ROW_ID = "rerun.controls.RowId"
+
+
+def _rows(rrd: Path, entity: str, component: str, index: str) -> list[tuple[object, list]]:
+    """(time, cell) of every row of `entity` that has `component` on the `index` timeline."""
+    stream = RrdReader(rrd).stream().filter(content=f"/{entity}", is_static=False, components=component)
+    rows = []
+    for chunk in stream:
+        batch = chunk.to_record_batch()
+        if index not in batch.schema.names or component not in batch.schema.names:
+            continue
+        columns = zip(
+            batch.column(index).to_pylist(),
+            batch.column(ROW_ID).to_pylist(),
+            batch.column(component).to_pylist(),
+            strict=True,
+        )
+        rows += [(_as_int(t), row_id, cell) for t, row_id, cell in columns if t is not None]
+    rows.sort(key=lambda r: (r[0], r[1]))
+    return [(t, cell) for t, _, cell in rows]
 
 
 def scalar_column(rrd: Path, entity: str, index: str = "frame") -> tuple[np.ndarray, np.ndarray]:
     """(times, values) of the rows where `entity` has a Scalars value; values are (rows, series)."""
-    view = rdf.load_recording(str(rrd)).view(index=index, contents=f"/{entity}")
-    table = view.select().read_all()
-    column = f"/{entity}:Scalars:scalars"
-    if column not in table.column_names:
+    rows = [(t, v) for t, v in _rows(rrd, entity, "Scalars:scalars", index) if v]  # a Clear has none
+    if not rows:
         return np.zeros(0, np.int64), np.zeros((0, 1))
-    values = table.column(column).to_pylist()
-    times = table.column(index).to_pylist()
-    rows = [i for i, v in enumerate(values) if v]  # None: no value; []: a Clear (a line break)
-    times_out = np.array([_as_int(times[i]) for i in rows], dtype=np.int64)
-    return times_out, np.array([values[i] for i in rows], dtype=np.float64).reshape(len(rows), -1)
+    times = np.array([t for t, _ in rows], dtype=np.int64)
+    return times, np.array([v for _, v in rows], dtype=np.float64).reshape(len(rows), -1)
 
 
 def text_rows(rrd: Path, entity: str = "events", index: str = "frame") -> list[str]:
-    table = rdf.load_recording(str(rrd)).view(index=index, contents=f"/{entity}").select().read_all()
-    column = f"/{entity}:TextLog:text"
-    if column not in table.column_names:
-        return []
-    return [t for cell in table.column(column).to_pylist() if cell for t in cell]
+    return [t for _, cell in _rows(rrd, entity, "TextLog:text", index) if cell for t in cell]
 
 
 def _as_int(t: object) -> int:

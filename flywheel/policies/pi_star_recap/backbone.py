@@ -1,4 +1,4 @@
-"""PaliGemma prefix + Gemma action expert, built from stock transformers 4.57 modules.
+"""PaliGemma prefix + Gemma action expert, built from stock transformers 5 modules.
 
 Module names mirror LeRobot's pi05 (`paligemma_with_expert.paligemma.model.*`,
 `paligemma_with_expert.gemma_expert.model.*`) so the pi05_base checkpoint maps onto this model with a
@@ -97,9 +97,9 @@ class PaliGemmaWithExpert(nn.Module):
         return model.multi_modal_projector(hidden)
 
     def embed_tokens(self, tokens: Tensor) -> Tensor:
-        """Gemma scales text embeddings by sqrt(width); images are not scaled (pi0.5 does the same)."""
-        emb = self.language_model.embed_tokens(tokens)
-        return emb * (emb.shape[-1] ** 0.5)
+        """Text embeddings scaled by sqrt(width), which transformers 5's Gemma embedding does itself
+        (in the weights' dtype, as pi05 in LeRobot 0.6); images are not scaled (pi0.5 does the same)."""
+        return self.language_model.embed_tokens(tokens)
 
     def rotary(self, x: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         return self.language_model.rotary_emb(x, positions)

@@ -10,15 +10,12 @@ reported as missing rather than hidden.
 import logging
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TypeVar
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
-
-M = TypeVar("M", bound=nn.Module)
-V = TypeVar("V")  # a tensor, or nothing when only the names are remapped
+from transformers.models.gemma.modeling_gemma import GemmaTextScaledWordEmbedding
 
 PI05_PREFIX = "paligemma_with_expert."
 TIED_HEADS = (
@@ -55,7 +52,8 @@ def remap_paligemma_key(key: str) -> str | None:
     return f"model.paligemma_with_expert.paligemma.model.{key}"
 
 
-def remap_state_dict(state_dict: dict[str, V]) -> dict[str, V]:
+# V: a tensor, or nothing when only the names are remapped.
+def remap_state_dict[V](state_dict: dict[str, V]) -> dict[str, V]:
     """Pick the remap by layout: pi05 keys live under paligemma_with_expert, HF PaliGemma's do not."""
     is_pi05 = any(PI05_PREFIX in k for k in state_dict)
     remap = remap_pi05_key if is_pi05 else remap_paligemma_key
@@ -109,12 +107,12 @@ def load_pretrained(policy: nn.Module, path: str | Path) -> tuple[list[str], lis
     return list(missing), list(unexpected)
 
 
-def uninitialized(factory: Callable[[], M]) -> M:
+def uninitialized[M: nn.Module](factory: Callable[[], M]) -> M:
     """The module `factory` builds, its parameters allocated on the CPU but not initialised, for a
     checkpoint that overwrites all of them next (at pi05 size the random init is ~40 s of CPU). The
     factory runs on the meta device, so its dtype casts cost nothing either. What no checkpoint
     holds is computed as usual: each module owning a non-persistent buffer (rotary frequencies,
-    SigLIP's position ids) is rebuilt from its config."""
+    SigLIP's position ids, Gemma's embedding scale) is rebuilt."""
     with torch.device("meta"):
         module = factory()
     module.to_empty(device="cpu")
@@ -129,15 +127,18 @@ def uninitialized(factory: Callable[[], M]) -> M:
 
 
 def _rebuild_unsaved_tensors(owner: nn.Module, name: str) -> None:
+    if isinstance(owner, GemmaTextScaledWordEmbedding):
+        # transformers 5 scales Gemma's token embeddings inside the embedding, by an unsaved
+        # buffer; it has no config, and rebuilding it would allocate the whole vocabulary again.
+        scale = owner._buffers["embed_scale"]
+        owner._buffers["embed_scale"] = torch.tensor(owner.scalar_embed_scale).to(scale.dtype)
+        return
     config = getattr(owner, "config", None)
     if config is None:
         raise TypeError(f"uninitialized: {name} ({type(owner).__name__}) has unsaved buffers but no config")
     fresh = type(owner)(config)
     for attr in owner._non_persistent_buffers_set:  # in the dtype the factory gave them (.to(bf16))
         owner._buffers[attr] = fresh._buffers[attr].to(owner._buffers[attr].dtype)
-    for attr, value in vars(fresh).items():
-        if isinstance(value, Tensor):  # plain tensor attributes (e.g. the rotary's original_inv_freq)
-            setattr(owner, attr, value)
 
 
 def _is_meta(value: object) -> bool:

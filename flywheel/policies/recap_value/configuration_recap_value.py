@@ -16,7 +16,7 @@ LABEL_KEYS = ("observation.advantage_positive", "observation.value", "observatio
 
 @dataclass
 class VLMSettings:
-    """The `vlm` preset: SigLIP vision tower + a small Gemma LM (stock transformers 4.57).
+    """The `vlm` preset: SigLIP vision tower + a small Gemma LM (stock transformers 5).
 
     With `vision_path` / `language_path` the pre-trained weights are loaded from local
     directories (`save_pretrained` layout, e.g. google/siglip-base-patch16-224 and a Gemma
@@ -37,7 +37,7 @@ class VLMSettings:
     lm_head_dim: int = 32
     lm_vocab: int = 512
     max_text_tokens: int = 32
-    torch_dtype: str = "float32"
+    dtype: str = "float32"  # `torch_dtype` before transformers 5 renamed it
 
 
 @PreTrainedConfig.register_subclass("recap_value")

@@ -1,4 +1,4 @@
-"""The `vlm` preset's trunk: SigLIP vision + a small Gemma-family LM on stock transformers 4.57.
+"""The `vlm` preset's trunk: SigLIP vision + a small Gemma-family LM on stock transformers 5.
 
 Sequence fed to the LM: [image tokens per camera] [one state token] [task text tokens]; the value
 is read from the masked mean of the LM's last hidden states. Pre-trained weights are loaded from
@@ -41,9 +41,9 @@ class HFTokenizer:
 
 
 def build_vision(cfg: VLMSettings) -> SiglipVisionModel:
-    dtype = getattr(torch, cfg.torch_dtype)
+    dtype = getattr(torch, cfg.dtype)
     if cfg.vision_path:
-        return SiglipVisionModel.from_pretrained(cfg.vision_path, torch_dtype=dtype)
+        return SiglipVisionModel.from_pretrained(cfg.vision_path, dtype=dtype)
     config = SiglipVisionConfig(
         hidden_size=cfg.vision_hidden,
         intermediate_size=4 * cfg.vision_hidden,
@@ -56,10 +56,10 @@ def build_vision(cfg: VLMSettings) -> SiglipVisionModel:
 
 
 def build_language(cfg: VLMSettings) -> nn.Module:
-    dtype = getattr(torch, cfg.torch_dtype)
+    dtype = getattr(torch, cfg.dtype)
     if cfg.language_path:
         # AutoModel gives the bare decoder (GemmaModel, Gemma2Model, Gemma3TextModel, ...).
-        return AutoModel.from_pretrained(cfg.language_path, torch_dtype=dtype)
+        return AutoModel.from_pretrained(cfg.language_path, dtype=dtype)
     config = GemmaConfig(
         vocab_size=cfg.lm_vocab,
         hidden_size=cfg.lm_hidden,
