@@ -433,3 +433,17 @@ def test_text_embeddings_are_scaled_by_sqrt_width_once(tmp_path: Path):
         weight = backbone.language_model.embed_tokens.weight
         expected = weight[tokens] * weight.shape[1] ** 0.5
         torch.testing.assert_close(backbone.embed_tokens(tokens), expected)
+
+
+def test_a_one_joint_action_without_its_feature_axis_trains():
+    """LeRobot 0.6 returns a shape-(1,) action feature as scalars: chunks come as (batch, chunk)."""
+    config = make_config(output_features={"action": PolicyFeature(FeatureType.ACTION, (1,))})
+    policy = PiStarRECAPPolicy(config)
+    batch = make_batch(4)
+    batch["action"] = batch["action"][..., 0]  # (4, CHUNK): the axis LeRobot 0.6 drops
+    loss, _ = policy.forward(batch)
+    assert torch.isfinite(loss)
+    loss.backward()
+    with_axis = {**batch, "action": batch["action"].unsqueeze(-1)}
+    assert torch.equal(policy._actions(batch), policy._actions(with_axis))
+    assert policy._actions(batch).shape == (4, CHUNK, 1)

@@ -196,8 +196,17 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         dropout = self.config.advantage_dropout if self.training else 0.0
         return indicators_from_labels(labels, dropout, self.generator)
 
-    def _padded_actions(self, batch: dict) -> Tensor:
+    def _actions(self, batch: dict) -> Tensor:
+        """The batch's actions, (batch, chunk, action_dim). LeRobot 0.6 stores a shape-(1,) feature as
+        scalars, so a one-joint robot's action chunks arrive as (batch, chunk): the joint axis is put
+        back."""
         actions = batch[ACTION].float()
+        if self.config.action_dim == 1 and actions.ndim == 2:
+            actions = actions.unsqueeze(-1)
+        return actions
+
+    def _padded_actions(self, batch: dict) -> Tensor:
+        actions = self._actions(batch)
         pad = self.config.max_action_dim - actions.shape[-1]
         return torch.nn.functional.pad(actions, (0, pad))
 
@@ -265,7 +274,7 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         if timed and pad is not None:
             # The episode ended before s': nothing to bootstrap from.
             done = torch.maximum(done, pad[:, 1].float().to(done.device))
-        action0 = batch[ACTION][:, 0, : cfg.action_dim].float()
+        action0 = self._actions(batch)[:, 0, : cfg.action_dim]
         return self.model.iql.losses(
             state, action0, reward, done, next_state, cfg.iql_expectile, cfg.iql_discount
         )
