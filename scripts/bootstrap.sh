@@ -52,6 +52,18 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libEGL.so.1'; then
   fi
 fi
 
+# LeRobot 0.6 decodes videos with torchcodec, which loads FFmpeg's shared libraries; without them
+# every dataset it opens prints a long traceback before it falls back to pyav.
+if ! ldconfig -p 2>/dev/null | grep -q 'libavutil.so'; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing FFmpeg's libraries for LeRobot's video decoder (apt)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null \
+      || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; }
+  else
+    log "warning: FFmpeg's libraries not found; LeRobot falls back to pyav for video (install ffmpeg)"
+  fi
+fi
+
 mkdir -p "$CACHE"
 lock_hash=$(sha256sum "$LOCK" | cut -c1-16)
 BASE=$CACHE/venv-$lock_hash
