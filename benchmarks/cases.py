@@ -372,17 +372,17 @@ def recording(work: Path, quick: bool) -> dict[str, Any]:
 
 
 def lerobot_record_loop(work: Path, quick: bool) -> dict[str, Any]:
-    """LeRobot's own record loop (lerobot-record's `record_loop` + `save_episode`) on the same sim
-    arm and policy, against the flywheel daemon, timed the same way across episode boundaries."""
+    """LeRobot's own record loop (lerobot-record's `record_loop` + `save_episode`) against the flywheel
+    daemon, on the same sim arm, timed the same way across episode boundaries. LeRobot 0.6's
+    record_loop is teleop-only (policies moved to lerobot-rollout, which cannot drive the sim arm:
+    docs/benchmarks.md), so both loops record the simulated operator (the daemon with its pedal
+    held down, as `flywheel record` does)."""
     from lerobot.datasets.lerobot_dataset import LeRobotDataset
-    from lerobot.policies.factory import make_pre_post_processors
     from lerobot.processor.factory import make_default_processors
     from lerobot.scripts.lerobot_record import record_loop
 
     from flywheel.contracts.dataset import dataset_features
-    from flywheel.policies.pi_star_recap import PiStarRECAPPolicy
 
-    policy_path = tiny_sim_checkpoint(work / "policy")
     frames, episodes = (90, 2) if quick else (150, 4)
     robot = SimArm(SimArmConfig(task="push-v3"))
     features = dataset_features(robot.observation_features, robot.action_features, False)
@@ -394,11 +394,11 @@ def lerobot_record_loop(work: Path, quick: bool) -> dict[str, Any]:
         robot_type="sim",
         use_videos=False,
     )
-    policy = PiStarRECAPPolicy.from_pretrained(policy_path)
-    pre, post = make_pre_post_processors(policy.config, pretrained_path=str(policy_path))
+    operator = SimOperator(SimOperatorConfig(observation_source="local"))
     processors = make_default_processors()
     clock = TickClock(robot)
     robot.connect()
+    operator.connect()
     saves = []
     for _ in range(episodes):
         robot.reset_episode()
@@ -410,19 +410,28 @@ def lerobot_record_loop(work: Path, quick: bool) -> dict[str, Any]:
             robot_action_processor=processors[1],
             robot_observation_processor=processors[2],
             dataset=dataset,
-            policy=policy,
-            preprocessor=pre,
-            postprocessor=post,
+            teleop=operator,
             control_time_s=frames / FPS,
             single_task="push the puck to the goal",
         )
         start = time.perf_counter()
         dataset.save_episode()
         saves.append((time.perf_counter() - start) * 1000)
+    operator.disconnect()
     robot.disconnect()
     lerobot_intervals = clock.intervals_ms()
 
-    daemon = _daemon(policy_path, frames, episodes, FPS, work / "flywheel")
+    cfg = RolloutConfig(
+        robot=SimArmConfig(task="push-v3"),
+        dataset=DatasetConfig(root=work / "flywheel", repo_id="bench/loop"),
+        wire=WireConfig.in_process("bench"),
+        episodes=episodes,
+        fps=FPS,
+        episode_time_s=frames / FPS,
+        report_cadence=False,
+    )
+    held = ConstantPedal(ConstantPedalConfig(pressed=True))
+    daemon = RolloutDaemon(cfg, link=LocalTeleop(SimOperator(SimOperatorConfig()), held))
     flywheel_clock = TickClock(daemon.robot)
     daemon.run()
     flywheel_intervals = flywheel_clock.intervals_ms()
