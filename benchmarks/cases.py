@@ -69,8 +69,16 @@ class TickClock:
 
 
 def _daemon(
-    policy_path: Path, frames: int, episodes: int, fps: int, root: Path, record: bool = True
+    policy_path: Path | None,
+    frames: int,
+    episodes: int,
+    fps: int,
+    root: Path,
+    record: bool = True,
+    pedal_down: bool = False,
 ) -> RolloutDaemon:
+    """The daemon on the sim arm with the simulated operator: the policy acts (pedal up), or with
+    `pedal_down` the operator drives every frame, as under `flywheel record` (no policy needed)."""
     cfg = RolloutConfig(
         robot=SimArmConfig(task="push-v3"),
         policy=PolicySourceConfig(path=policy_path),
@@ -81,8 +89,8 @@ def _daemon(
         episode_time_s=frames / (fps or FPS),
         report_cadence=False,
     )
-    nobody = LocalTeleop(SimOperator(SimOperatorConfig()), ConstantPedal(ConstantPedalConfig(pressed=False)))
-    return RolloutDaemon(cfg, link=nobody)
+    pedal = ConstantPedal(ConstantPedalConfig(pressed=pedal_down))
+    return RolloutDaemon(cfg, link=LocalTeleop(SimOperator(SimOperatorConfig()), pedal))
 
 
 def control_loop(work: Path, quick: bool) -> dict[str, Any]:
@@ -421,17 +429,7 @@ def lerobot_record_loop(work: Path, quick: bool) -> dict[str, Any]:
     robot.disconnect()
     lerobot_intervals = clock.intervals_ms()
 
-    cfg = RolloutConfig(
-        robot=SimArmConfig(task="push-v3"),
-        dataset=DatasetConfig(root=work / "flywheel", repo_id="bench/loop"),
-        wire=WireConfig.in_process("bench"),
-        episodes=episodes,
-        fps=FPS,
-        episode_time_s=frames / FPS,
-        report_cadence=False,
-    )
-    held = ConstantPedal(ConstantPedalConfig(pressed=True))
-    daemon = RolloutDaemon(cfg, link=LocalTeleop(SimOperator(SimOperatorConfig()), held))
+    daemon = _daemon(None, frames, episodes, FPS, work / "flywheel", pedal_down=True)
     flywheel_clock = TickClock(daemon.robot)
     daemon.run()
     flywheel_intervals = flywheel_clock.intervals_ms()

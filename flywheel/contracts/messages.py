@@ -82,16 +82,9 @@ class Observation:
     @classmethod
     def from_message(cls, msg: Message) -> Observation:
         _expect_type(msg, cls.TYPE)
+        spec = (("episode", int), ("frame", int), ("task", str), ("names", list), ("sim_task", str))
+        _check_fields(msg, "observation", spec)
         f = msg.fields
-        for key, kind in (
-            ("episode", int),
-            ("frame", int),
-            ("task", str),
-            ("names", list),
-            ("sim_task", str),
-        ):
-            if not isinstance(f.get(key), kind):
-                raise ProtocolError(f"observation.fields.{key}: {f.get(key)!r} is not a {kind.__name__}")
         state = msg.arrays.get("state")
         if state is None or state.ndim != 1 or len(state) != len(f["names"]):
             shape = None if state is None else state.shape

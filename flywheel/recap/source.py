@@ -212,7 +212,7 @@ def _episodes(table: pd.DataFrame, derived: dict[str, list]) -> Episodes:
         task=[_single_task(row) for _, row in table.iterrows()],
         data_type=column(DATA_TYPE).astype(str).tolist(),
         success=column(SUCCESS).to_numpy(bool),
-        operator=column(OPERATOR).fillna("").astype(str).tolist() if OPERATOR in table else [""] * len(table),
+        operator=column(OPERATOR).fillna("").astype(str).tolist(),
     )
 
 
