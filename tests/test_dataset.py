@@ -60,6 +60,29 @@ def test_incompatible_features_are_refused_naming_the_feature(tmp_path):
         open_for_append(tmp_path / "ds", "t/x", 15, FEATURES, "arm", False)
 
 
+def test_features_with_other_names_are_refused_naming_the_first_that_differs(tmp_path):
+    # Same dtypes and shapes, other names: e.g. a sim dataset recorded before the sim's features got
+    # LeRobot's `.pos`/`.vel` suffixes. Appending would put values under names that mean other things.
+    dataset = open_for_append(tmp_path / "ds", "t/x", 30, FEATURES, "arm", False)
+    dataset.add_frame(_frame(0))
+    save_episode(dataset, EpisodeInfo(DataType.AUTO, success=True))
+    renamed = dataset_features({"a": float, "b.pos": float}, {"x": float}, use_videos=False)
+    with pytest.raises(
+        ValueError,
+        match=r"features\.observation\.state: name 1 is 'b\.pos', the existing dataset's is 'b' at ",
+    ):
+        open_for_append(tmp_path / "ds", "t/x", 30, renamed, "arm", False)
+    other_action = dataset_features({"a": float, "b": float}, {"x.vel": float}, use_videos=False)
+    with pytest.raises(
+        ValueError, match=r"features\.action: name 0 is 'x\.vel', the existing dataset's is 'x'"
+    ):
+        open_for_append(tmp_path / "ds", "t/x", 30, other_action, "arm", False)
+    swapped = dataset_features({"b": float, "a": float}, {"x": float}, use_videos=False)
+    with pytest.raises(ValueError, match=r"name 0 is 'b', the existing dataset's is 'a'"):
+        open_for_append(tmp_path / "ds", "t/x", 30, swapped, "arm", False)
+    assert open_for_append(tmp_path / "ds", "t/x", 30, FEATURES, "arm", False).meta.total_episodes == 1
+
+
 def test_a_folder_that_is_not_a_dataset_is_never_touched(tmp_path):
     (tmp_path / "ds").mkdir()
     (tmp_path / "ds" / "notes.txt").write_text("mine")

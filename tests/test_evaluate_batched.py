@@ -51,7 +51,7 @@ class ScriptedPolicy:
     def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
         state = np.array([observation[name] for name in STATE_NAMES], dtype=np.float64)
         action = self.expert.get_action(state) * self.gain
-        if round(observation["hand_x"] * 1e4) % 7 == 0:
+        if round(observation["hand_x.pos"] * 1e4) % 7 == 0:
             self.non_finite += 1
             action = action * np.nan
         return np.tile(action, (self.chunk, 1)).astype(np.float32)

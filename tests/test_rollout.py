@@ -31,7 +31,9 @@ class ConstantPolicy:
         self.asked: list[np.ndarray] = []
 
     def predict_chunk(self, observation, task):
-        self.asked.append(np.array([observation["hand_x"], observation["hand_y"], observation["hand_z"]]))
+        self.asked.append(
+            np.array([observation["hand_x.pos"], observation["hand_y.pos"], observation["hand_z.pos"]])
+        )
         return np.tile(np.array([POLICY_X, 0.0, 0.0, 0.0], dtype=np.float32), (10, 1))
 
     def reset(self):
@@ -47,7 +49,7 @@ class ScriptedOperator:
         self.is_connected = True
 
     def get_action(self):
-        return {"delta_x": OPERATOR_X, "delta_y": 0.0, "delta_z": 0.0, "gripper": 0.0}
+        return {"hand_x.vel": OPERATOR_X, "hand_y.vel": 0.0, "hand_z.vel": 0.0, "gripper.vel": 0.0}
 
     def disconnect(self):
         self.is_connected = False
@@ -87,7 +89,7 @@ def test_pedal_switches_the_action_source_on_the_tick_and_tags_frames_exactly(tm
     frames = [dataset[i] for i in range(dataset.num_frames)]
     intervention = [bool(f["intervention"].item()) for f in frames]
     assert intervention == [i in down for i in range(40)]
-    actions_x = [float(f["action"][ACTION_NAMES.index("delta_x")]) for f in frames]
+    actions_x = [float(f["action"][ACTION_NAMES.index("hand_x.vel")]) for f in frames]
     assert actions_x == [OPERATOR_X if i in down else POLICY_X for i in range(40)]
     versions = [int(f["policy_version"].item()) for f in frames]
     assert versions == [0 if i in down else 7 for i in range(40)]

@@ -83,7 +83,7 @@ def test_layer_clamps_limits_replaces_nan_and_limits_steps():
 
 
 def test_delta_controlled_robots_get_no_step_limit():
-    layer = SafetyLayer(SafetyConfig(max_step=0.1), ["delta_x"], ["hand_x"])
+    layer = SafetyLayer(SafetyConfig(max_step=0.1), ["hand_x.vel"], ["hand_x.pos"])
     assert not layer.position_controlled
     np.testing.assert_allclose(layer.apply(np.array([0.9]), hold=np.zeros(1)), [0.9])
 

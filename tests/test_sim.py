@@ -51,8 +51,8 @@ def test_arm_connects_with_state_features(arm):
     assert list(features) == list(STATE_NAMES)
     assert all(kind is float for kind in features.values())
     assert len(set(STATE_NAMES)) == 39
-    assert STATE_NAMES[:4] == ("hand_x", "hand_y", "hand_z", "gripper_open")
-    assert STATE_NAMES[-3:] == ("goal_x", "goal_y", "goal_z")
+    assert STATE_NAMES[:4] == ("hand_x.pos", "hand_y.pos", "hand_z.pos", "gripper_open.pos")
+    assert STATE_NAMES[-3:] == ("goal_x.pos", "goal_y.pos", "goal_z.pos")
 
 
 def test_arm_action_features(arm):
@@ -75,8 +75,8 @@ def test_connecting_twice_is_refused(arm):
 
 def test_send_action_clips_to_unit_range(arm):
     arm.reset_episode(0)
-    sent = arm.send_action({"delta_x": 5.0, "delta_y": -7.5, "delta_z": 0.25, "gripper": 1.0001})
-    assert sent == {"delta_x": 1.0, "delta_y": -1.0, "delta_z": 0.25, "gripper": 1.0}
+    sent = arm.send_action({"hand_x.vel": 5.0, "hand_y.vel": -7.5, "hand_z.vel": 0.25, "gripper.vel": 1.0001})
+    assert sent == {"hand_x.vel": 1.0, "hand_y.vel": -1.0, "hand_z.vel": 0.25, "gripper.vel": 1.0}
     assert arm.steps == 1
 
 
@@ -84,15 +84,15 @@ def test_send_action_moves_the_hand(arm):
     arm.reset_episode(0)
     before = arm.state_vector()[:3]
     for _ in range(5):
-        arm.send_action({"delta_x": 0.0, "delta_y": 0.0, "delta_z": 1.0, "gripper": 0.0})
+        arm.send_action({"hand_x.vel": 0.0, "hand_y.vel": 0.0, "hand_z.vel": 1.0, "gripper.vel": 0.0})
     after = arm.state_vector()[:3]
     assert after[2] > before[2] + 0.01  # up
 
 
 def test_send_action_rejects_a_missing_key(arm):
     arm.reset_episode(0)
-    with pytest.raises(ValueError, match="'gripper'"):
-        arm.send_action({"delta_x": 0.0, "delta_y": 0.0, "delta_z": 0.0})
+    with pytest.raises(ValueError, match=r"'gripper\.vel'"):
+        arm.send_action({"hand_x.vel": 0.0, "hand_y.vel": 0.0, "hand_z.vel": 0.0})
     assert arm.steps == 0
 
 
@@ -101,7 +101,7 @@ def test_send_action_rejects_non_finite_values(arm, bad):
     arm.reset_episode(0)
     before = arm.state_vector()
     with pytest.raises(ValueError, match="non-finite") as info:
-        arm.send_action({"delta_x": 0.0, "delta_y": bad, "delta_z": 0.0, "gripper": 0.0})
+        arm.send_action({"hand_x.vel": 0.0, "hand_y.vel": bad, "hand_z.vel": 0.0, "gripper.vel": 0.0})
     assert str(bad) in str(info.value)  # the values are in the message
     assert arm.steps == 0
     np.testing.assert_array_equal(arm.state_vector(), before)

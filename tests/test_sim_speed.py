@@ -180,7 +180,7 @@ def test_no_patch_on_another_metaworld_version(monkeypatch, caplog, fresh_patch_
         assert fast_metaworld.patched(arm._env.unwrapped) == []
         assert type(arm._env.unwrapped).__module__.startswith("metaworld.")
         assert "metaworld 3.1.0 is installed, the patch is written for 3.0.0" in caplog.text
-        arm.send_action({"delta_x": 0.1, "delta_y": 0.0, "delta_z": 0.0, "gripper": 0.0})
+        arm.send_action({"hand_x.vel": 0.1, "hand_y.vel": 0.0, "hand_z.vel": 0.0, "gripper.vel": 0.0})
 
 
 def test_no_rotation_shortcut_on_another_scipy(monkeypatch, caplog, fresh_patch_caches):

@@ -3,19 +3,23 @@
 Two stock datasets, neither with the flywheel's episode columns (docs/dataset.md, "Datasets from
 stock LeRobot tools"):
 
-- lerobot-rollout --strategy.type=dagger. The stock CLI does not run on our sim robot: its rollout
-  context (lerobot/rollout/context.py, build_rollout_context) routes only `.pos`/`.vel` robot features
-  to the policy and the dataset, and the sim's are `hand_x`, ..., `delta_x`, ..., so it builds a policy
-  with no action keys and fails on its first frame ("ObservationProcessorStep requires an observation").
-  Nor can its interventions be triggered without a person except through a terminal (its keyboard
-  listener reads a TTY; a pty would do). So the test drives the same writer code the strategy uses,
-  with the sim robot, the sim operator (teleop.type=sim_operator) and the tiny pi_star_recap policy:
-  the dataset created as build_rollout_context creates it for DAgger (LeRobotDataset.create with
-  the robot's features plus `intervention` bool (1,), a `rollout_` repo name), each frame built as
+- lerobot-rollout --strategy.type=dagger. The stock CLI itself runs on the sim robot now (the sim's
+  features are named `*.pos`/`*.vel`, the only robot features its rollout context routes to the policy):
+  tests/test_stock_rollout.py runs the real console script, the DAgger strategy included, with its keys
+  typed into a pseudo-terminal, and labels that dataset. What still does not work there: returning the
+  arm to its initial position (the strategies send the observed `.pos` values as an action; the sim,
+  commanded in `.vel`, refuses it and the strategy logs a warning), and DAgger's pause holds the arm by
+  resending the policy's last command, which moves the sim's hand on. What a real run cannot give is a
+  fixed pattern: where the policy's and the operator's frames fall depends on when the keys land, and an
+  episode only ends at a correction's end (corrections-only mode) or after minutes (continuous mode). So
+  this test drives the same writer code the strategy uses, with the sim robot, the sim operator
+  (teleop.type=sim_operator) and the tiny pi_star_recap policy, to get exact episodes: the dataset
+  created as build_rollout_context creates it for DAgger (LeRobotDataset.create with the robot's
+  features plus `intervention` bool (1,), a `rollout_` repo name), each frame built as
   DAggerStrategy._run_continuous / _run_corrections_only build it (build_dataset_frame for the
-  observation and the action, `task`, `intervention`), dataset.add_frame, dataset.save_episode and,
-  at the end, dataset.finalize. Episodes: policy - operator correction - policy (continuous mode),
-  policy only, and one correction window alone (corrections-only mode).
+  observation and the action, `task`, `intervention`), dataset.add_frame, dataset.save_episode and, at
+  the end, dataset.finalize. Episodes: policy - operator correction - policy (continuous mode), policy
+  only, and one correction window alone (corrections-only mode).
 - lerobot-record (the real console script, as tests/test_stock_tools.py runs it): no `intervention`
   either. Labeled with --reward.success_episodes; without it the error names meta/episodes.success.
 

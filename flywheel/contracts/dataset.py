@@ -56,6 +56,9 @@ EPISODES_DIR = "meta/episodes"  # <chunk>/<file>.parquet: one row per episode
 DATA_DIR = "data"  # <chunk>/<file>.parquet: one row per frame
 QUARANTINE_DIR = "quarantine"  # data files no saved episode refers to (quarantine_unindexed_files)
 LABELS_FILE = "meta/recap_labels.json"  # the labeling's report; marks a `flywheel label` output
+# In the trainer's union of a fleet's datasets (trainer/union.py): each union episode's arm and that
+# arm's own episode index (`read_fleet_arms`).
+FLEET_ARMS_FILE = "meta/fleet_arms.json"
 
 
 def info_path(root: Path | str) -> Path:
@@ -65,6 +68,31 @@ def info_path(root: Path | str) -> Path:
 def labels_path(root: Path | str) -> Path:
     """The labels report of a labeled dataset at `root`."""
     return Path(root) / LABELS_FILE
+
+
+def fleet_arms_path(root: Path | str) -> Path:
+    """The arms file of a fleet union at `root` (FLEET_ARMS_FILE)."""
+    return Path(root) / FLEET_ARMS_FILE
+
+
+@dataclass(frozen=True)
+class FleetEpisode:
+    """Where one episode of a fleet union came from."""
+
+    arm: str
+    arm_episode_index: int  # its index in that arm's own dataset
+
+    @property
+    def key(self) -> str:
+        """`<arm>/<index>`: how the trainer's intake names the episode (trainer/union.py)."""
+        return f"{self.arm}/{self.arm_episode_index}"
+
+
+def read_fleet_arms(root: Path | str) -> dict[int, FleetEpisode]:
+    """Each episode of the fleet union at `root`, by its union episode_index: its arm and that arm's
+    own episode index. FileNotFoundError when `root` is not a fleet union."""
+    rows = json.loads(fleet_arms_path(root).read_text())["episodes"]
+    return {int(r["episode_index"]): FleetEpisode(r["arm"], int(r["arm_episode_index"])) for r in rows}
 
 
 def data_file(chunk_index: int, file_index: int) -> Path:
@@ -261,7 +289,8 @@ def open_for_append(
     """Open the dataset at `root` to append episodes, or create it if it does not exist.
 
     An existing dataset must have been recorded with the same features and fps: appending frames of
-    another shape would make it unreadable, so that is refused with the field that differs.
+    another shape would make it unreadable, and frames whose columns have other names would mix
+    values that mean different things, so both are refused with the field that differs.
     """
     root = Path(root)
     _forget_if_never_used(root)
@@ -324,6 +353,33 @@ def _check_compatible(dataset: LeRobotDataset, fps: int, features: dict) -> None
                 f"features.{key}: {ft['dtype']}{tuple(ft['shape'])} differs from the existing "
                 f"{old['dtype']}{tuple(old['shape'])} at {dataset.root}"
             )
+        _check_same_names(key, old.get("names"), ft.get("names"), dataset.root)
+
+
+def _check_same_names(key: str, old, new, root: Path) -> None:
+    """Same dtype and shape is not enough: the columns must also mean the same (info.json's `names`).
+    A renamed or reordered state or action would otherwise be appended silently under the old names
+    (e.g. a sim dataset recorded before its features got LeRobot's `.pos`/`.vel` suffixes)."""
+    old, new = _as_list(old), _as_list(new)
+    if old == new:
+        return
+    if isinstance(old, list) and isinstance(new, list):
+        i = next(
+            (i for i, (a, b) in enumerate(zip(old, new, strict=False)) if a != b), min(len(old), len(new))
+        )
+        mine = repr(new[i]) if i < len(new) else "nothing"
+        theirs = repr(old[i]) if i < len(old) else "nothing"
+        detail = f"name {i} is {mine}, the existing dataset's is {theirs}"
+    else:
+        detail = f"names {new!r}, the existing dataset's are {old!r}"
+    raise ValueError(
+        f"features.{key}: {detail} at {root}; appending would mix columns that mean different "
+        "things, so record into another dataset.root"
+    )
+
+
+def _as_list(names):
+    return list(names) if isinstance(names, (list, tuple)) else names
 
 
 def save_episode(dataset: LeRobotDataset, info: EpisodeInfo) -> None:

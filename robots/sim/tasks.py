@@ -17,13 +17,21 @@ from dataclasses import dataclass
 import numpy as np
 from metaworld.policies import ENV_POLICY_MAP
 
+# Feature names follow LeRobot's convention: a state value ends in `.pos`, a velocity command in
+# `.vel`. Stock lerobot-rollout (lerobot/rollout/context.py, build_rollout_context) routes only
+# `.pos`/`.vel` robot features (and cameras) to the policy and the dataset, so without the suffixes it
+# would build a policy with no state and no action keys.
 _CURRENT = [
     "hand_x", "hand_y", "hand_z", "gripper_open",
     "obj_x", "obj_y", "obj_z", "obj_qw", "obj_qx", "obj_qy", "obj_qz",
     "obj2_x", "obj2_y", "obj2_z", "obj2_qw", "obj2_qx", "obj2_qy", "obj2_qz",
 ]  # fmt: skip
-STATE_NAMES: tuple[str, ...] = (*_CURRENT, *(f"prev_{n}" for n in _CURRENT), "goal_x", "goal_y", "goal_z")
-ACTION_NAMES: tuple[str, ...] = ("delta_x", "delta_y", "delta_z", "gripper")
+STATE_NAMES: tuple[str, ...] = tuple(
+    f"{n}.pos" for n in (*_CURRENT, *(f"prev_{n}" for n in _CURRENT), "goal_x", "goal_y", "goal_z")
+)
+# MetaWorld's action is a per-step displacement of the hand (a velocity command, scaled to [-1, 1]) and
+# the gripper's closing effort, hence `.vel` on all four.
+ACTION_NAMES: tuple[str, ...] = ("hand_x.vel", "hand_y.vel", "hand_z.vel", "gripper.vel")
 
 HAND = slice(0, 3)
 OBJECT = slice(4, 7)

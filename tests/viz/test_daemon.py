@@ -32,7 +32,7 @@ class FramePedal(Pedal):
 def test_daemon_streams_ticks_value_advantage_and_intervention_to_rrd(tmp_path: Path, monkeypatch):
     # The value model is a stand-in: the hook loads cfg.rerun.value_path through load_value_fn.
     monkeypatch.setattr(
-        "flywheel.viz.logger.load_value_fn", lambda path, names: lambda obs, task: obs["hand_y"] - 1.0
+        "flywheel.viz.logger.load_value_fn", lambda path, names: lambda obs, task: obs["hand_y.pos"] - 1.0
     )
     rrd = tmp_path / "daemon.rrd"
     cfg = RolloutConfig(
@@ -53,7 +53,7 @@ def test_daemon_streams_ticks_value_advantage_and_intervention_to_rrd(tmp_path: 
 
     _, intervention = scalar_column(rrd, "control/intervention")
     assert np.flatnonzero(intervention[:, 0]).tolist() == list(DOWN)
-    assert scalar_column(rrd, "action/operator/delta_x")[0].tolist() == list(DOWN)
+    assert scalar_column(rrd, "action/operator/hand_x.vel")[0].tolist() == list(DOWN)
     _, version = scalar_column(rrd, "control/policy_version")
     assert set(version[intervention[:, 0] == 0, 0]) <= {7, 0}  # 0: the policy had no action ready
     value_frames, _ = scalar_column(rrd, "value")

@@ -21,7 +21,7 @@ TAKEOVER = range(20, 40)
 
 def hand_value(observation, task) -> float:
     """A stand-in V(s) the test can recompute from the logged state."""
-    return float(observation["hand_x"]) - 0.5
+    return float(observation["hand_x.pos"]) - 0.5
 
 
 @pytest.mark.timeout(20)
@@ -42,8 +42,8 @@ def test_sim_run_recorded_to_rrd_reads_back_value_advantage_and_intervention(tmp
     assert np.flatnonzero(intervention[:, 0]).tolist() == list(TAKEOVER)
     _, version = scalar_column(rrd, "control/policy_version")
     assert set(version[intervention[:, 0] == 0, 0]) == {POLICY_VERSION}
-    operator_frames, _ = scalar_column(rrd, "action/operator/delta_x")
-    policy_frames, _ = scalar_column(rrd, "action/policy/delta_x")
+    operator_frames, _ = scalar_column(rrd, "action/operator/hand_x.vel")
+    policy_frames, _ = scalar_column(rrd, "action/policy/hand_x.vel")
     assert operator_frames.tolist() == list(TAKEOVER)
     assert set(policy_frames.tolist()) == set(range(60)) - set(TAKEOVER)
 
@@ -107,13 +107,13 @@ def test_at_30_hz_with_camera_images_nothing_is_dropped_and_a_tick_costs_microse
 
     stream = rr.RecordingStream("flywheel-test")
     stream.set_sinks()
-    logger = RerunLogger(_NoSinkRecording(stream), ["hand_x", "hand_y"], ["wrist"], ["a", "b"])
+    logger = RerunLogger(_NoSinkRecording(stream), ["hand_x.pos", "hand_y.pos"], ["wrist"], ["a", "b"])
     images = [np.full((480, 640, 3), i, np.uint8) for i in range(4)]
     costs = []
     logger.start_episode(0, "task")
     next_tick = time.perf_counter()
     for frame in range(60):  # 2 s at 30 Hz
-        observation = {"hand_x": 0.1 * frame, "hand_y": 0.0, "wrist": images[frame % 4]}
+        observation = {"hand_x.pos": 0.1 * frame, "hand_y.pos": 0.0, "wrist": images[frame % 4]}
         t0 = time.perf_counter()
         logger.tick(Tick(0, frame, "", observation, np.zeros(2, np.float32), "policy", False, 1, False))
         costs.append(time.perf_counter() - t0)
