@@ -20,6 +20,7 @@ from flywheel.contracts.protocol import MessageType, request
 from flywheel.contracts.registry import WEIGHTS_FILE, ModelRegistry, sha256_file
 from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.daemon import RolloutDaemon
+from flywheel.rollout.hotswap import all_finite
 from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.teleop_link import LocalTeleop
 from robots.sim import SimArmConfig
@@ -151,3 +152,15 @@ def _wait_for_frames(daemon: RolloutDaemon, frames: int, timeout: float = 60.0) 
             return
         time.sleep(0.02)
     raise TimeoutError("the daemon did not start ticking")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32, torch.float64])
+def test_all_finite_finds_every_inf_and_nan_and_passes_the_extremes(dtype):
+    """The 16-bit check reads exponent bits instead of calling isfinite: the same answer on every case."""
+    values = torch.randn(1000).to(dtype)
+    values[3], values[4] = torch.finfo(dtype).max, torch.finfo(dtype).tiny / 2  # largest, subnormal
+    assert all_finite(values)
+    for bad in (float("inf"), float("-inf"), float("nan")):
+        broken = values.clone()
+        broken[17] = bad
+        assert not all_finite(broken), bad

@@ -69,8 +69,22 @@ def check_weights(candidate: Deployment, reference: Path | None) -> None:
     with safe_open(weights, framework="pt") as f:
         for name in f.keys():  # noqa: SIM118  (safe_open is not a dict)
             tensor = f.get_tensor(name)
-            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            if tensor.is_floating_point() and not all_finite(tensor):
                 raise CandidateRejected(f"{WEIGHTS_FILE}: tensor {name!r} has non-finite values")
+
+
+# Exponent bits of the 16-bit floats: all ones means infinity or NaN.
+_EXPONENT_MASK = {torch.bfloat16: 0x7F80, torch.float16: 0x7C00}
+
+
+def all_finite(tensor: torch.Tensor) -> bool:
+    """No inf or NaN. For 16-bit floats (a pi05 checkpoint in bf16 is about 6.7 GB) by their exponent
+    bits, which took a quarter of torch.isfinite's time on a bf16 tensor here (0.17 s against 0.61 s
+    per 256 MiB): isfinite was most of a large deploy's validation (docs/benchmarks.md, "Fleet")."""
+    mask = _EXPONENT_MASK.get(tensor.dtype)
+    if mask is None:
+        return bool(torch.isfinite(tensor).all())
+    return not bool(((tensor.view(torch.int16) & mask) == mask).any())
 
 
 def _shapes(weights: Path) -> dict[str, tuple[int, ...]]:
