@@ -571,6 +571,284 @@ def soak(work: Path, quick: bool, minutes: float = 20.0) -> dict[str, Any]:
     return run_soak(work, 1.0 if quick else minutes)
 
 
+# The uplink as `flywheel uplink` runs it, in a process of its own (as on an arm's computer), its
+# fetches and episode shipments timed and its peak RSS read around each fetch (/proc/self/status;
+# writing 5 to /proc/self/clear_refs resets the peak to the RSS of the moment).
+_UPLINK_SCRIPT = r"""
+import json, sys, time
+from flywheel.contracts.endpoints import WireConfig
+from flywheel.uplink.agent import Uplink, uplink_main
+from flywheel.uplink.config import UplinkConfig
+
+args = json.loads(sys.argv[1])
+events = open(args.pop("events"), "a", buffering=1)
+
+def memory():
+    found = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0]) * 1024
+    return found
+
+def timed(name, method, key):
+    def wrapper(self, *a, **kw):
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            reset = True
+        except OSError:
+            reset = False
+        before, start = memory(), time.monotonic()
+        result = method(self, *a, **kw)
+        end = time.monotonic()
+        events.write(json.dumps({"event": name, "key": key(a), "start": start, "end": end,
+                                 "rss_before": before["VmRSS"], "hwm_after": memory()["VmHWM"],
+                                 "hwm_reset": reset}) + "\n")
+        return result
+    return wrapper
+
+Uplink.fetch = timed("fetch", Uplink.fetch, lambda a: a[0])
+Uplink.ship_episode = timed("ship", Uplink.ship_episode, lambda a: a[0].index)
+wire = WireConfig(deploy=args.pop("deploy"))
+sys.exit(uplink_main(UplinkConfig(wire=wire, **args)))
+"""
+
+
+def _loopback() -> str:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
+
+
+def _random_safetensors(path: Path, nbytes: int, seed: int, tensor_bytes: int = 512 << 20) -> str:
+    """A valid safetensors file of about `nbytes`: 1-D bf16 tensors of at most `tensor_bytes`, random
+    bits with the top exponent bit cleared (every value finite, |x| < 2), written block by block;
+    returns its sha256."""
+    import hashlib
+    import json
+    import struct
+
+    elements, per = nbytes // 2, tensor_bytes // 2
+    header, offset = {}, 0
+    for i in range(-(-elements // per)):
+        n = min(per, elements - i * per)
+        span = [offset, offset + 2 * n]
+        header[f"layer{i:02d}.weight"] = {"dtype": "BF16", "shape": [n], "data_offsets": span}
+        offset += 2 * n
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    digest, rng = hashlib.sha256(), np.random.default_rng(seed)
+    with open(path, "wb") as f:
+        for block in (struct.pack("<Q", len(head)), head):
+            f.write(block)
+            digest.update(block)
+        written = 0
+        while written < offset:
+            n = min(64 << 20, offset - written)
+            block = np.frombuffer(rng.bytes(n), np.uint16) & np.uint16(0xBFFF)
+            f.write(block)
+            digest.update(block)
+            written += n
+    return digest.hexdigest()
+
+
+def _big_version(registry: ModelRegistry, version: int, nbytes: int) -> int:
+    """Registry version `version` with a random `nbytes` model.safetensors, written in place (publish
+    would copy it once more); returns the bytes of the version's files."""
+    import json
+    from dataclasses import asdict
+
+    from flywheel.contracts.registry import MANIFEST_FILE, WEIGHTS_FILE, Manifest
+
+    folder = registry.path(version)
+    folder.mkdir(parents=True)
+    sha = _random_safetensors(folder / WEIGHTS_FILE, nbytes, seed=version)
+    (folder / "config.json").write_text(json.dumps({"type": "bench", "bytes": nbytes}))
+    manifest = Manifest(version, sha, kind="import", created_at=time.time())
+    (folder / MANIFEST_FILE).write_text(json.dumps(asdict(manifest), indent=2))
+    return sum(p.stat().st_size for p in folder.iterdir())
+
+
+class _CheckingDaemon:
+    """The arm daemon's deploy endpoint as far as it runs on a CPU: each DEPLOY is validated with
+    the daemon's own `check_weights` (sha256, names and shapes against itself, every value finite),
+    timed, and answered `swapped`. Loading the weights into a policy is not done here."""
+
+    def __init__(self, address: str):
+        import zmq
+
+        self.checks: dict[int, dict[str, Any]] = {}
+        self._stop = threading.Event()
+        self._socket = zmq.Context.instance().socket(zmq.REP)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.bind(address)
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        from flywheel.contracts.messages import DeployReply
+        from flywheel.contracts.protocol import decode, encode
+        from flywheel.rollout.hotswap import Deployment, check_weights
+
+        while not self._stop.is_set():
+            if not self._socket.poll(50):
+                continue
+            received = time.monotonic()
+            request = DeployRequest.from_message(decode(self._socket.recv_multipart()))
+            candidate = Deployment.of(request)
+            try:
+                check_weights(candidate, candidate.path)
+                reply, error = DeployReply("swapped", request.version, version=request.version), ""
+            except Exception as e:
+                reply, error = DeployReply("rejected", None, reason=str(e)), str(e)
+            self.checks[request.version] = {"received": received, "checked": time.monotonic(), "error": error}
+            self._socket.send_multipart(encode(reply.to_message()))
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        self._socket.close()
+
+
+def _events(path: Path) -> list[dict[str, Any]]:
+    import json
+
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def fleet(work: Path, quick: bool) -> dict[str, Any]:
+    """Weights and episodes over the wire, on loopback: a FleetServer (trainer/fleet.py) in this
+    process, the uplink (`flywheel uplink`, default chunk size and poll interval) in a process of
+    its own, the arm daemon's deploy endpoint here as `_CheckingDaemon` (check_weights, no load).
+
+    `weights_*`: deploy of a version whose model.safetensors is 1 GiB (quick: 128 MiB) of random
+    finite bf16; MB/s (10^6 bytes) of the uplink's fetch (every chunk requested, written into its
+    cache, sha256-checked, the folder renamed into place), and the uplink process's peak RSS over
+    the fetch minus its RSS before it. `pi05_*` (full run only): the same with a file the size of
+    the pi05 preset in bf16 (parameter count x 2 bytes), from `deploy()` on the trainer to the
+    candidate validated by the daemon's check_weights. `episode_*`: episodes of 200 sim-shaped
+    frames saved into a flywheel dataset here (open_for_append/save_episode, as the recorder does)
+    at random phases of the uplink's poll; per episode, the time from its save completing to the
+    FleetServer's on_episode callback."""
+    import json
+    import shutil
+
+    from flywheel.contracts.dataset import (
+        DataType,
+        EpisodeInfo,
+        dataset_features,
+        open_for_append,
+        save_episode,
+    )
+    from flywheel.policies.pi_star_recap.build_checks import parameter_count
+    from flywheel.policies.pi_star_recap.configuration_pi_star_recap import PiStarRECAPConfig
+    from flywheel.uplink.config import UplinkConfig
+    from robots.sim import ACTION_NAMES
+    from trainer.fleet import FleetConfig, FleetServer
+
+    arm, defaults = "bench-arm", UplinkConfig(arm="bench-arm")
+    registry = ModelRegistry(work / "models")
+    arrived: dict[int, float] = {}
+    server = FleetServer(
+        FleetConfig(bind=_loopback(), inbox=work / "inbox"),
+        registry.root,
+        on_episode=lambda a, i: arrived.setdefault(i, time.monotonic()),
+    ).start()
+    deploy_address = _loopback()
+    daemon = _CheckingDaemon(deploy_address)
+    events, log = work / "uplink-events.jsonl", work / "uplink.log"
+    args = {
+        "events": str(events),
+        "deploy": deploy_address,
+        "trainer": server.cfg.bind,
+        "arm": arm,
+        "dataset_root": str(work / "arm-dataset"),
+        "cache": str(work / "arm-cache"),
+        "deploy_timeout_s": 600.0,  # the daemon's check of a pi05-size file takes more than the 60 s default
+    }
+    with open(log, "w") as stderr:
+        uplink = subprocess.Popen([sys.executable, "-c", _UPLINK_SCRIPT, json.dumps(args)], stderr=stderr)
+    out: dict[str, Any] = {
+        "chunk_bytes": defaults.chunk_bytes,
+        "poll_s": defaults.poll_s,
+    }
+    try:
+        _wait(lambda: arm in server._arms or uplink.poll() is not None, timeout=120)
+        if uplink.poll() is not None:
+            raise RuntimeError(f"benchmark: the uplink exited: {log.read_text()[-2000:]}")
+
+        def deploy(version: int, prefix: str) -> None:
+            start = time.monotonic()
+            report = server.deploy(version, timeout_s=1800)[arm]
+            done = time.monotonic()
+            check = daemon.checks.get(version)
+            fetch = next((e for e in _events(events) if e["event"] == "fetch" and e["key"] == version), None)
+            if report.status != "swapped" or check is None or check["error"] or fetch is None:
+                tail = log.read_text()[-2000:]
+                raise RuntimeError(f"benchmark: deploy v{version}: {report}, {check}, {tail}")
+            size = sum(p.stat().st_size for p in registry.path(version).iterdir())
+            out[f"{prefix}_bytes"] = size
+            out[f"{prefix}_until_fetch_s"] = fetch["start"] - start
+            out[f"{prefix}_fetch_s"] = fetch["end"] - fetch["start"]
+            out[f"{prefix}_mb_per_s"] = size / 1e6 / (fetch["end"] - fetch["start"])
+            out[f"{prefix}_uplink_rss_before_mb"] = fetch["rss_before"] / 1e6
+            out[f"{prefix}_uplink_peak_rss_growth_mb"] = (fetch["hwm_after"] - fetch["rss_before"]) / 1e6
+            out[f"{prefix}_check_weights_s"] = check["checked"] - check["received"]
+            out[f"{prefix}_deploy_to_validated_s"] = check["checked"] - start
+            out[f"{prefix}_deploy_call_s"] = done - start
+            out["uplink_peak_rss_reset"] = fetch["hwm_reset"]
+
+        _big_version(registry, 1, (128 << 20) if quick else (1 << 30))
+        deploy(1, "weights")
+        pi05_bytes = parameter_count(PiStarRECAPConfig(preset="pi05")) * 2
+        out["pi05_weights_bytes"] = pi05_bytes
+        if not quick:  # 6.7 GB written, copied and checked: the full run only
+            _big_version(registry, 2, pi05_bytes)
+            deploy(2, "pi05")
+            shutil.rmtree(registry.path(2))  # the case's own files, 2 x 6.7 GB
+            shutil.rmtree(work / "arm-cache" / "v0002", ignore_errors=True)
+
+        episodes = 3 if quick else 10
+        features = dataset_features({n: float for n in STATE_NAMES}, {n: float for n in ACTION_NAMES}, False)
+        dataset = open_for_append(work / "arm-dataset", "bench/fleet", FPS, features, "sim", False)
+        rng = np.random.default_rng(0)
+        saved: dict[int, float] = {}
+        for index in range(episodes):
+            time.sleep(float(rng.uniform(0, defaults.poll_s)))  # a random phase of the poll
+            for k in range(200):
+                dataset.add_frame({
+                    "observation.state": rng.standard_normal(len(STATE_NAMES)).astype(np.float32),
+                    "action": rng.standard_normal(len(ACTION_NAMES)).astype(np.float32),
+                    "intervention": np.array([False]), "policy_version": np.array([1]),
+                    "next.reward": np.zeros(1, np.float32), "next.done": np.array([k == 199]),
+                    "task": "push the puck to the goal",
+                })  # fmt: skip
+            save_episode(dataset, EpisodeInfo(DataType.AUTO, success=True))
+            saved[index] = time.monotonic()
+            _wait(lambda index=index: index in arrived, timeout=60)
+        delays = [(arrived[i] - saved[i]) * 1000 for i in range(episodes)]
+        ships = {e["key"]: (e["end"] - e["start"]) * 1000 for e in _events(events) if e["event"] == "ship"}
+        out["episodes"] = episodes
+        out["episode_delay_p50_ms"] = float(np.percentile(delays, 50))
+        out["episode_delay_max_ms"] = float(max(delays))
+        out["episode_ship_p50_ms"] = float(np.percentile([ships[i] for i in range(episodes)], 50))
+        data = sum(p.stat().st_size for p in (work / "inbox" / arm / "data").rglob("*.parquet"))
+        out["episode_data_bytes_mean"] = data / episodes
+    finally:
+        uplink.terminate()
+        try:
+            uplink.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            uplink.kill()
+        daemon.close()
+        server.stop()
+    return out
+
+
 CASES = {
     "control_loop": control_loop,
     "hot_swap": hot_swap,
@@ -581,6 +859,7 @@ CASES = {
     "labeling": labeling,
     "evaluation": evaluation,
     "sim_step": sim_step,
+    "fleet": fleet,
     "soak": soak,  # long: not in the default list (benchmarks/run.py)
 }
 

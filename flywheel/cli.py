@@ -8,6 +8,7 @@
     flywheel deploy   --version 3 | --rollback                       hot-swap weights into the daemon
     flywheel label    --dataset.root=IN --output.root=OUT            value function + advantage labels
     flywheel trainer  --dataset_root=DIR --every=10                  RECAP iterations in the background
+    flywheel uplink   --trainer=tcp://HOST:5560 --dataset_root=DIR    ship an arm's episodes, fetch weights
     flywheel view     --dataset.root=DIR [--rerun.serve=true]        replay a dataset in Rerun
     flywheel bench    [--quick]                                      speed of the hot paths
 
@@ -153,7 +154,7 @@ def _calibrate(cfg: CalibrateConfig) -> int:
 def _keys(cfg) -> int:
     from flywheel.contracts.security import make_keys
 
-    made = make_keys(cfg.keys_dir)
+    made = make_keys(cfg.keys_dir, cfg.names())
     print(f"{len(made)} new key pair(s) in {cfg.keys_dir} (existing ones kept): {[p.stem for p in made]}")
     print(f"use them with --wire.keys_dir={cfg.keys_dir} on every process")
     return 0
@@ -175,6 +176,12 @@ def _trainer(cfg) -> int:
     from trainer.loop import trainer_main
 
     return trainer_main(cfg)
+
+
+def _uplink(cfg) -> int:
+    from flywheel.uplink.agent import uplink_main
+
+    return uplink_main(cfg)
 
 
 def _print_summary(results) -> None:
@@ -222,6 +229,11 @@ COMMANDS: dict[str, Command] = {
     "bench": Command("benchmarks.run:BenchConfig", _bench, "measure the hot paths (JSON + table)"),
     "trainer": Command(
         "trainer.loop:TrainerConfig", _trainer, "the background trainer: RECAP iterations, gate, deploy"
+    ),
+    "uplink": Command(
+        "flywheel.uplink.config:UplinkConfig",
+        _uplink,
+        "beside an arm's daemon: ship its episodes to the trainer, bring its weights home",
     ),
 }
 

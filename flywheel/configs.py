@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +17,7 @@ import robots  # noqa: F401  (registers the sim robot type)
 import teleop  # noqa: F401  (registers the sim operator and the pedals)
 from flywheel.contracts.dataset import DatasetConfig
 from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.security import IDENTITIES
 from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.policy_source import PolicySourceConfig
 from flywheel.rollout.safety import SafetyConfig
@@ -56,6 +58,24 @@ class RunConfig:
     train_every: int = 10
     # The model registry the trainer publishes to.
     registry: Path = Path("outputs/models")
+    # This arm is one of a fleet: the trainer's fleet endpoint on another computer (its
+    # --fleet.bind, e.g. tcp://gpu-box:5560; beyond loopback with --wire.keys_dir). The run then also
+    # starts `flywheel uplink`, which ships the episodes there and brings new weights home
+    # (docs/deployment.md). Not with --trainer=true, which trains on this machine.
+    trainer_address: str | None = None
+    # This arm's name on the trainer (default: the host name).
+    arm: str | None = None
+
+    def __post_init__(self):
+        if self.trainer and self.trainer_address is not None:
+            raise ValueError(
+                f"trainer_address: {self.trainer_address} sends the episodes to a trainer elsewhere; "
+                "drop --trainer=true (a trainer on this machine) or --trainer_address"
+            )
+        if self.arm is not None and self.trainer_address is None:
+            raise ValueError(
+                f"arm: {self.arm!r} names this arm on a fleet's trainer; give --trainer_address too"
+            )
 
     def rollout_config(self) -> RolloutConfig:
         return RolloutConfig(
@@ -138,10 +158,24 @@ class DeployConfig:
 
 @dataclass
 class KeysConfig:
-    """`flywheel keys`: CurveZMQ key pairs for the daemon, teleop, trainer and operator."""
+    """`flywheel keys`: CurveZMQ key pairs for the daemon, teleop, trainer and operator (and any
+    further identities, e.g. an uplink per arm host)."""
 
     # Where the keys go: public/ (copy to every machine) and private/ (each machine keeps its own).
     keys_dir: Path = Path("outputs/keys")
+    # Extra identities besides daemon, teleop, trainer and operator, comma-separated: e.g.
+    # "uplink,arm-kitchen" (one per arm host's uplink: --identity=arm-kitchen). Existing keys are kept.
+    identities: str = ""
+
+    def names(self) -> tuple[str, ...]:
+        """Every identity to make: the standard ones and the extra ones."""
+        extra = tuple(name.strip() for name in self.identities.split(",") if name.strip())
+        return IDENTITIES + extra
+
+    def __post_init__(self) -> None:
+        for name in self.names():
+            if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", name):
+                raise ValueError(f"identities: {name!r} is not a key name ([A-Za-z0-9_-]{{1,64}})")
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""`flywheel run`: starts the rollout daemon and the teleop process as children, restarts a child
-that crashes (with backoff), and stops them all cleanly on Ctrl-C or when the daemon is done."""
+"""`flywheel run`: starts the rollout daemon and the teleop process as children (and the trainer with
+--trainer=true, or the uplink to a fleet's trainer with --trainer_address), restarts a child that
+crashes (with backoff), and stops them all cleanly on Ctrl-C or when the daemon is done."""
 
 from __future__ import annotations
 
@@ -58,6 +59,20 @@ def trainer_config(cfg: RunConfig):
     return trainer
 
 
+def uplink_config(cfg: RunConfig):
+    """The uplink child's config: this run's dataset and wire, the fleet's trainer address."""
+    from flywheel.uplink.config import UplinkConfig
+
+    arm = {} if cfg.arm is None else {"arm": cfg.arm}
+    return UplinkConfig(
+        trainer=cfg.trainer_address,
+        dataset_root=cfg.dataset.root,
+        cache=Path(cfg.dataset.root).parent / f"{Path(cfg.dataset.root).name}-uplink-models",
+        wire=cfg.wire,
+        **arm,
+    )
+
+
 def run(cfg: RunConfig) -> int:
     run_dir = cfg.run_dir or Path(cfg.dataset.root).parent / "runs" / time.strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -75,6 +90,10 @@ def run(cfg: RunConfig) -> int:
                 write_config(trainer_config(cfg), run_dir / "trainer.yaml"),
                 run_dir / "trainer.log",
             )
+        )
+    if cfg.trainer_address is not None:
+        children.append(
+            Child("uplink", write_config(uplink_config(cfg), run_dir / "uplink.yaml"), run_dir / "uplink.log")
         )
     log.info("run directory %s", run_dir)
     interrupted = False
@@ -101,7 +120,8 @@ def run(cfg: RunConfig) -> int:
                         "the rollout daemon exited with %s too often; stopping", child.process.returncode
                     )
                     return 1
-                # Without teleop the policy runs on (no takeovers); without the trainer the weights stay.
+                # Without teleop the policy runs on (no takeovers); without the trainer or the uplink the
+                # weights stay (and an uplink's episodes wait on disk).
                 log.error(
                     "%s exited with %s too often; the daemon runs on without it",
                     child.name,

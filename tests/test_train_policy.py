@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -78,22 +75,6 @@ def test_frames_in_memory_false_trains_from_lerobot_dataset(sim_dataset, tmp_pat
 def test_resume_without_a_checkpoint_says_where_it_looked(sim_dataset, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint at"):
         train_policy(small_config(sim_dataset, tmp_path / "none", resume=True))
-
-
-def test_two_process_accelerate_run_on_cpu(sim_dataset, tmp_path):
-    """The same loop under `accelerate launch` with 2 CPU processes (gloo)."""
-    out = tmp_path / "ddp"
-    cmd = [
-        sys.executable, "-m", "accelerate.commands.launch", "--num_processes=2", "--cpu", "--num_machines=1",
-        "--mixed_precision=no", "--dynamo_backend=no", "-m", "trainer.train_policy",
-        f"--dataset_root={sim_dataset}", f"--output_dir={out}", "--steps=2", "--batch_size=4",
-        "--save_every=2", "--device=cpu", "--trackers=[]",
-    ]  # fmt: skip
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / "pretrained_model/model.safetensors").exists()
-    assert json.loads((out / "checkpoints/last/step.json").read_text()) == {"step": 2}
 
 
 def test_wandb_offline_logs_without_a_network(sim_dataset, tmp_path, monkeypatch):

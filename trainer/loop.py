@@ -15,6 +15,10 @@ nightly ones (`--schedule=02:00`, or `--once` now) retrain from the base checkpo
 the paper does. An iteration killed half-way is redone on restart with the same episodes: its
 folder keeps the labels, the training checkpoint and the published version, so nothing is lost and
 nothing counted twice.
+
+With `--fleet.bind=ADDRESS` it serves arms on other computers instead (trainer/fleet.py): their
+episodes arrive in `fleet.inbox/<arm>/`, each iteration trains on the union of the arms' datasets
+(trainer/union.py; which arm each episode came from is kept), and deploys go to every arm.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import re
 import shutil
 import signal
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,10 +48,21 @@ from flywheel.recap.labeling import LabelConfig, run_labeling
 from flywheel.recap.sampler import DataTypeWeights, frame_weights
 from flywheel.recap.source import LabelInputError, check_dataset, load_source
 from flywheel.viz.config import RerunConfig
+from trainer.fleet import FleetConfig, FleetServer
 from trainer.gate import GateConfig, decide, holdout_episodes
-from trainer.intake import EpisodeIntake
+from trainer.intake import EpisodeIntake, FleetIntake
+from trainer.launch import LaunchConfig, launch_training
 from trainer.schedule import next_occurrence, parse_clock
 from trainer.train_policy import TrainPolicyConfig, train_policy
+from trainer.union import (
+    ArmDatasetError,
+    UnionSnapshot,
+    arm_episodes,
+    arm_roots,
+    check_arms,
+    parse_episode_key,
+    union_snapshot,
+)
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +101,8 @@ class TrainerConfig:
     # Training checkpoints every this many steps (a killed trainer resumes from the last one).
     save_every: int = 100
     trackers: list[str] = field(default_factory=lambda: ["tensorboard"])
+    # The training step's processes and machines (trainer/launch.py); the defaults train in-process.
+    launch: LaunchConfig = field(default_factory=LaunchConfig)
     weights: DataTypeWeights = field(default_factory=DataTypeWeights)
     # Share of the policy's training samples drawn from positive-labeled frames
     # (flywheel/recap/indicator_balance.py); None: the data-type `weights` above instead, which
@@ -99,6 +116,9 @@ class TrainerConfig:
     deploy: bool = True
     deploy_timeout_s: float = 120.0
     wire: WireConfig = field(default_factory=WireConfig)
+    # Arms on other computers (--fleet.bind=ADDRESS): train on the union of their datasets in
+    # fleet.inbox, deploy to each of them. Unset: the one dataset at dataset_root, as before.
+    fleet: FleetConfig = field(default_factory=FleetConfig)
     # Log each relabeled episode (value curve, advantage, threshold) to Rerun; give the daemon's
     # --rerun.recording_id and --rerun.connect to land in its recording.
     rerun: RerunConfig = field(default_factory=RerunConfig)
@@ -112,6 +132,11 @@ class TrainerConfig:
             raise ValueError(f"every: {self.every} must be >= 0")
         if self.positive_share is not None and not 0.0 < self.positive_share < 1.0:
             raise ValueError(f"positive_share: {self.positive_share} must lie in (0, 1)")
+        if self.batch_size % self.launch.num_processes:
+            raise ValueError(
+                f"batch_size: {self.batch_size} is the global batch, split evenly across "
+                f"launch.num_processes={self.launch.num_processes}; give a multiple of it"
+            )
 
 
 def check_paths(cfg: TrainerConfig) -> None:
@@ -122,6 +147,11 @@ def check_paths(cfg: TrainerConfig) -> None:
         ("registry", cfg.registry, "dataset_root", cfg.dataset_root),
         ("registry", cfg.registry, "work_dir", cfg.work_dir),
     )
+    if cfg.fleet.bind is not None:  # the arms' datasets: written by the fleet server, read by the trainer
+        pairs += (
+            ("work_dir", cfg.work_dir, "fleet.inbox", cfg.fleet.inbox),
+            ("registry", cfg.registry, "fleet.inbox", cfg.fleet.inbox),
+        )
     for name, path, other_name, other in pairs:
         if _overlap(Path(path), Path(other)):
             raise TrainerInputError(
@@ -135,11 +165,18 @@ def _overlap(a: Path, b: Path) -> bool:
     return a == b or a in b.parents or b in a.parents
 
 
-def _marker_owner(marker: Path) -> str | None:
+def _marker_owner(marker: Path) -> tuple[str, str | None]:
+    """Whose work the marker says work_dir holds: ("dataset_root", path) or, a fleet trainer's,
+    ("fleet_inbox", path)."""
     try:
-        return json.loads(marker.read_text()).get("dataset_root")
+        owner = json.loads(marker.read_text())
+        kind = "fleet_inbox" if "fleet_inbox" in owner else "dataset_root"
+        return kind, owner.get(kind)
     except (json.JSONDecodeError, AttributeError) as e:
         raise TrainerInputError(f"work_dir: {marker} is unreadable ({e}); move it aside") from e
+
+
+_OWNER_WORDS = {"dataset_root": "the dataset", "fleet_inbox": "the fleet inbox"}
 
 
 def _write_json(path: Path, value) -> None:
@@ -170,21 +207,45 @@ class Trainer:
         check_paths(cfg)
         self._check_work_dir()
         self.registry = ModelRegistry(cfg.registry)
-        self.intake = EpisodeIntake(cfg.dataset_root, cfg.work_dir / "state.json")
+        if cfg.fleet.bind is None:
+            self.intake = EpisodeIntake(cfg.dataset_root, cfg.work_dir / "state.json")
+            self.fleet: FleetServer | None = None
+        else:
+            self.intake = FleetIntake(cfg.fleet.inbox, cfg.work_dir / "state.json")
+            self.fleet = FleetServer(
+                cfg.fleet, cfg.registry, cfg.wire.security("trainer"), on_episode=self.intake.on_episode
+            )  # started by run()
         self._ctx = zmq.Context.instance()
         self._stop = False
 
     def stop(self) -> None:
+        """Stop after the step under way (SIGTERM): a wait for episodes or for the arms' deploy
+        reports ends now; an iteration being trained finishes (or is redone on restart)."""
         self._stop = True
+        self.intake.wake()
+        if self.fleet is not None:
+            self.fleet.interrupt()
 
     def run(self) -> None:
         cfg = self.cfg
         if cfg.once or self.intake.all_episodes():
             self._check_input()  # a dataset the trainer cannot use: say so now, not at the first iteration
+        if self.fleet is not None:
+            self.fleet.start()  # arms send episodes and fetch weights from now on, --once too
+            log.info("trainer: serving the fleet on %s, inbox %s", cfg.fleet.bind, cfg.fleet.inbox)
+        try:
+            self._run()
+        finally:
+            if self.fleet is not None:
+                self.fleet.stop()
+
+    def _run(self) -> None:
+        cfg = self.cfg
         if cfg.once:
-            self.iterate("nightly")
+            self.iterate("nightly")  # on what the dataset (a fleet: the inbox) holds now
             return
-        self.intake.listen(self._ctx, cfg.wire.daemon_events, cfg.wire.security("trainer"))
+        if self.fleet is None:  # a fleet's wake-up is its server's on_episode
+            self.intake.listen(self._ctx, cfg.wire.daemon_events, cfg.wire.security("trainer"))
         nightly_at = self._next_nightly()
         log.info(
             "trainer: %d episodes on disk, %d new; continuous every %d, nightly %s",
@@ -216,11 +277,12 @@ class Trainer:
         the trainer's own for this dataset, so that nothing else is ever removed or overwritten."""
         work, marker = self.cfg.work_dir, self.cfg.work_dir / WORK_MARKER
         if marker.exists():
-            owner = _marker_owner(marker)
-            if owner != str(Path(self.cfg.dataset_root).resolve()):
+            kind, owner = _marker_owner(marker)
+            mine, path = self._owner()
+            if (kind, owner) != (mine, str(Path(path).resolve())):
                 raise TrainerInputError(
-                    f"work_dir: {work} holds the trainer's work on the dataset {owner}, "
-                    f"not on {self.cfg.dataset_root}; give another work_dir"
+                    f"work_dir: {work} holds the trainer's work on {_OWNER_WORDS[kind]} {owner}, "
+                    f"not on {_OWNER_WORDS[mine]} {path}; give another work_dir"
                 )
             return
         if work.exists() and not work.is_dir():
@@ -237,14 +299,30 @@ class Trainer:
         marker = self.cfg.work_dir / WORK_MARKER
         if not marker.exists():
             self.cfg.work_dir.mkdir(parents=True, exist_ok=True)
-            dataset = str(Path(self.cfg.dataset_root).resolve())
+            kind, path = self._owner()
             # Not _write_json: its temporary file, left by a kill, would make work_dir look like a stranger's.
-            marker.write_text(json.dumps({"made_by": "flywheel trainer", "dataset_root": dataset}))
+            marker.write_text(json.dumps({"made_by": "flywheel trainer", kind: str(Path(path).resolve())}))
+
+    def _owner(self) -> tuple[str, Path]:
+        """What the trainer's work is on: the dataset, or a fleet's inbox (work_dir's marker)."""
+        if self.cfg.fleet.bind is not None:
+            return "fleet_inbox", Path(self.cfg.fleet.inbox)
+        return "dataset_root", Path(self.cfg.dataset_root)
 
     def _check_input(self) -> None:
         """The checks `flywheel label` makes, on the user's dataset and before anything is written: an
-        error names dataset_root, never the trainer's snapshot of it."""
-        check_dataset(self.cfg.dataset_root, self.cfg.label.stock_fields())
+        error names dataset_root, never the trainer's snapshot of it. A fleet's: each arm's copy in
+        the inbox that holds an episode, and that they can be joined (an error names the arm)."""
+        if self.fleet is None:
+            check_dataset(self.cfg.dataset_root, self.cfg.label.stock_fields())
+            return
+        roots = {arm: root for arm, root in arm_roots(self.cfg.fleet.inbox).items() if arm_episodes(root)}
+        for root in roots.values():
+            check_dataset(root, self.cfg.label.stock_fields())
+        try:
+            check_arms(roots)
+        except ArmDatasetError as e:
+            raise TrainerInputError(str(e)) from e
 
     # --- one iteration ---------------------------------------------------------------------------
     def iterate(self, kind: str) -> int | None:
@@ -260,7 +338,7 @@ class Trainer:
         folder.mkdir(exist_ok=True)
         episodes = self._snapshot(folder)  # the iteration's episodes, pinned across restarts
         log.info("iteration %d (%s) on %d episodes in %s", number, kind, len(episodes), folder)
-        heldout = holdout_episodes(episodes, cfg.gate.holdout_every)
+        heldout = self._heldout(folder, episodes)
         labeled = self._label(folder)
         current = self._acting_version()
         manifest_path = folder / "published.json"
@@ -271,7 +349,11 @@ class Trainer:
             self._report_conditioning(folder, pretrained, labeled, heldout)
             trained_on = [e for e in episodes if e not in heldout]
             version = self.registry.publish(
-                pretrained, parent=current, kind=kind, episodes=trained_on
+                pretrained,
+                parent=current,
+                kind=kind,
+                episodes=trained_on,
+                metrics=self._fleet_episodes(folder, trained_on),
             ).version
             _write_json(manifest_path, {"version": version})
         decision = decide(
@@ -285,26 +367,63 @@ class Trainer:
         )
         (folder / "gate.json").write_text(json.dumps(decision.as_dict(), indent=1))
         if decision.passed and cfg.deploy:
-            self._deploy(version)
-        self.intake.commit(episodes, version if decision.passed else current)
+            self._deploy(version, folder)
+        self.intake.commit(self._intake_ids(folder, episodes), version if decision.passed else current)
         return version if decision.passed else None
 
     def _snapshot(self, folder: Path) -> list[int]:
-        """The daemon keeps appending while we train: work on a consistent snapshot of the dataset."""
+        """The daemon keeps appending while we train: work on a consistent snapshot of the dataset.
+        A fleet's: snapshots of the arms' copies (folder/arms/<arm>) and their union (trainer/union.py)."""
         snap, pinned = folder / "snapshot", folder / "episodes.json"
+        arms = folder / "arms"  # a fleet's
         if pinned.exists():
             return json.loads(pinned.read_text())
         # Inside the trainer's own work_dir (checked at start): a snapshot it was interrupted making.
         shutil.rmtree(snap, ignore_errors=True)
+        shutil.rmtree(arms, ignore_errors=True)
         try:
-            episodes = snapshot(self.cfg.dataset_root, snap)
-        except BaseException:
+            if self.fleet is None:
+                episodes = snapshot(self.cfg.dataset_root, snap)
+            else:
+                episodes = union_snapshot(arm_roots(self.cfg.fleet.inbox), snap, arms).episodes
+        except BaseException as e:
             shutil.rmtree(snap, ignore_errors=True)  # leave nothing half-made
+            shutil.rmtree(arms, ignore_errors=True)
             with contextlib.suppress(OSError):
                 folder.rmdir()  # the iteration folder too, if nothing else is in it
+            if isinstance(e, ArmDatasetError):
+                raise TrainerInputError(str(e)) from e
             raise
         _write_json(pinned, episodes)
         return episodes
+
+    def _union(self, folder: Path) -> UnionSnapshot:
+        return UnionSnapshot.read(folder / "snapshot")
+
+    def _heldout(self, folder: Path, episodes: list[int]) -> list[int]:
+        """The gate's episodes (union indices for a fleet). A fleet's are chosen by each arm's own
+        episode index, so that an episode held out once stays held out as the arms grow (a union
+        index shifts when an arm sorted before it sends more)."""
+        every = self.cfg.gate.holdout_every
+        if self.fleet is None:
+            return holdout_episodes(episodes, every)
+        union = self._union(folder)
+        own = {e: parse_episode_key(k)[1] for e, k in zip(union.episodes, union.keys, strict=True)}
+        held = set(holdout_episodes(sorted(set(own.values())), every))  # the one rule, on own indices
+        return [e for e in episodes if own[e] in held]
+
+    def _intake_ids(self, folder: Path, episodes: list[int]) -> list:
+        """What the intake records as used: the episode indices, a fleet's keys (`<arm>/<index>`)."""
+        if self.fleet is None:
+            return episodes
+        union = self._union(folder)
+        return [union.key(e) for e in episodes]
+
+    def _fleet_episodes(self, folder: Path, trained_on: list[int]) -> dict | None:
+        """A fleet version's manifest also names its episodes by key (union indices are the iteration's)."""
+        if self.fleet is None:
+            return None
+        return {"fleet_episodes": self._intake_ids(folder, trained_on)}
 
     def _label(self, folder: Path) -> Path:
         out = folder / "labeled"
@@ -368,21 +487,23 @@ class Trainer:
         resume = (out / "checkpoints" / "last" / "step.json").exists()
         if not resume:  # a run killed before its first checkpoint, in the trainer's own work_dir: redone
             shutil.rmtree(out, ignore_errors=True)
-        return train_policy(
-            TrainPolicyConfig(
-                dataset_root=labeled,
-                init_from=self.registry.path(current) if warm else cfg.base,
-                policy_type=cfg.policy_type,
-                policy_preset=cfg.policy_preset,
-                output_dir=out,
-                steps=cfg.continuous_steps if warm else cfg.nightly_steps,
-                batch_size=cfg.batch_size,
-                save_every=cfg.save_every,
-                trackers=cfg.trackers,
-                sample_weights=folder / "sample_weights.npy",
-                resume=resume,
-            )
+        train_cfg = TrainPolicyConfig(
+            dataset_root=labeled,
+            init_from=self.registry.path(current) if warm else cfg.base,
+            policy_type=cfg.policy_type,
+            policy_preset=cfg.policy_preset,
+            output_dir=out,
+            steps=cfg.continuous_steps if warm else cfg.nightly_steps,
+            batch_size=cfg.batch_size,
+            save_every=cfg.save_every,
+            trackers=cfg.trackers,
+            sample_weights=folder / "sample_weights.npy",
+            resume=resume,
+            device="cpu" if cfg.launch.cpu else None,
         )
+        if cfg.launch.in_process:
+            return train_policy(train_cfg)
+        return launch_training(cfg.launch, train_cfg, folder)  # its log: folder/train_policy.log
 
     def _report_conditioning(self, folder: Path, pretrained: Path, labeled: Path, heldout: list[int]) -> None:
         """Does the new policy act on its advantage indicator? On the gate's held-out episodes (the
@@ -397,7 +518,10 @@ class Trainer:
     def _acting_version(self) -> int | None:
         return self.intake.state.last_version
 
-    def _deploy(self, version: int) -> None:
+    def _deploy(self, version: int, folder: Path) -> None:
+        if self.fleet is not None:
+            self._deploy_to_fleet(version, folder)
+            return
         deploy = DeployRequest.of_version(self.registry, version)
         try:
             reply = send_deploy(
@@ -410,3 +534,15 @@ class Trainer:
             log.info("deploy v%04d: %s", version, reply.fields())
         except TimeoutError as e:
             log.warning("deploy v%04d: %s; the daemon picks it up with `flywheel deploy`", version, e)
+
+    def _deploy_to_fleet(self, version: int, folder: Path) -> None:
+        """Every connected arm's report on the deploy, into folder/deploy.json and the log."""
+        reports = self.fleet.deploy(version)
+        arms = {arm: asdict(report) for arm, report in sorted(reports.items())}
+        _write_json(folder / "deploy.json", {"version": version, "arms": arms})
+        if not reports:
+            log.warning("deploy v%04d: no arm connected; each fetches it when it connects", version)
+        for arm, report in sorted(reports.items()):
+            acting = "none" if report.acting_version is None else f"v{report.acting_version:04d}"
+            reason = f" ({report.reason})" if report.reason else ""
+            log.info("deploy v%04d to arm %s: %s, acting %s%s", version, arm, report.status, acting, reason)

@@ -6,8 +6,21 @@ its own sampler (data-type weights), TensorBoard besides WandB, and an in-proces
 and the demo can make without paying a process start per iteration. Stock lerobot-train works on
 the same datasets and policies too (docs/recap.md).
 
+Several processes (`accelerate launch --multi_gpu --num_processes N`, or the trainer's `launch`
+option, trainer/launch.py; on CPUs too, with gloo): `batch_size` is the GLOBAL batch of one optimizer
+step, split evenly across the N processes (accelerate's split_batches: each takes its batch_size / N
+slice of the same sampled batch), so one step sees the same samples under any N, and a batch_size
+not divisible by N is refused. The sampler draws from its own generator (seeded by `seed`, the same
+in every process), so the global batches do not depend on N either; the policy's own draws (flow
+noise and times, indicator dropout) come from torch's generator seeded `seed + process index`, so
+no two processes draw the same noise. Gradients are averaged across processes (DDP), which with equal
+slices is the gradient of the global batch's mean loss; the logged loss is that mean too. The main
+process alone logs, writes step.json and the pretrained_model folder; every process saves its part
+of the accelerate state (its RNG state) into the checkpoint.
+
 Checkpoints: <out>/checkpoints/last (accelerate state + step) every `save_every` steps; `resume`
-continues from there. The result is a LeRobot pretrained_model folder: <out>/pretrained_model.
+continues from there (the sampler restarts an epoch from a generator seeded by `seed` and the step).
+The result is a LeRobot pretrained_model folder: <out>/pretrained_model.
 """
 
 from __future__ import annotations
@@ -20,7 +33,7 @@ from pathlib import Path
 import draccus
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
 from accelerate.utils import set_seed
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.datasets.factory import resolve_delta_timestamps
@@ -46,6 +59,7 @@ class TrainPolicyConfig:
     policy_preset: str | None = "tiny"
     output_dir: Path = Path("outputs/train/policy")
     steps: int = 1000
+    # The global batch of one optimizer step; under N processes each takes batch_size / N of it.
     batch_size: int = 32
     num_workers: int = 0
     seed: int = 0
@@ -66,11 +80,19 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     check_output_dir(cfg)
     register_third_party_plugins()
     accelerator = Accelerator(
-        log_with=cfg.trackers or None, project_dir=str(cfg.output_dir), cpu=cfg.device == "cpu"
+        log_with=cfg.trackers or None,
+        project_dir=str(cfg.output_dir),
+        cpu=cfg.device == "cpu",
+        # batch_size is the global batch: each process takes its slice of the one sampled batch.
+        dataloader_config=DataLoaderConfiguration(split_batches=True),
+        # Not every parameter gets a gradient every step (e.g. the indicator embedding when a slice's
+        # indicators are all dropped, value heads the estimator does not train): DDP must look.
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
     )
-    set_seed(cfg.seed)
+    check_batch_size(cfg.batch_size, accelerator.num_processes)
+    set_seed(cfg.seed)  # the same initial weights in every process (DDP also broadcasts rank 0's)
     policy, dataset, preprocessor, postprocessor = _build(cfg, accelerator.device)
-    loader = _loader(cfg, dataset)
+    loader, sampler_rng = _loader(cfg, dataset)
     optimizer = policy.config.get_optimizer_preset().build(policy.get_optim_params())
     scheduler_preset = policy.config.get_scheduler_preset()
     scheduler = scheduler_preset.build(optimizer, cfg.steps) if scheduler_preset else None
@@ -78,10 +100,22 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
     if scheduler is not None:
         accelerator.register_for_checkpointing(scheduler)
+    if accelerator.num_processes > 1:
+        # The policy's draws (noise, flow times, indicator dropout): a stream of each process's own.
+        set_seed(cfg.seed, device_specific=True)
     if accelerator.is_main_process:
-        accelerator.init_trackers("flywheel", config={"steps": cfg.steps, "batch_size": cfg.batch_size})
+        accelerator.init_trackers(
+            "flywheel",
+            config={
+                "steps": cfg.steps,
+                "batch_size": cfg.batch_size,
+                "num_processes": accelerator.num_processes,
+            },
+        )
 
     step = _resume(cfg, accelerator) if cfg.resume else 0
+    if step:
+        sampler_rng.manual_seed(_sampler_seed(cfg.seed, step))
     batches = _forever(loader)
     progress = tqdm(
         total=cfg.steps, initial=step, desc="train policy", disable=not accelerator.is_main_process
@@ -103,7 +137,7 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
         step += 1
         progress.update(1)
         if step % cfg.log_every == 0 or step == cfg.steps:
-            metrics = {"loss": loss.item(), **{k: float(v) for k, v in (info or {}).items()}}
+            metrics = _mean_over_processes(accelerator, {"loss": loss.detach(), **(info or {})})
             accelerator.log(metrics, step=step)
             progress.set_postfix(loss=f"{metrics['loss']:.4f}")
         if step % cfg.save_every == 0 or step == cfg.steps:
@@ -117,6 +151,26 @@ def train_policy(cfg: TrainPolicyConfig) -> Path:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
+
+
+def check_batch_size(batch_size: int, num_processes: int) -> None:
+    """batch_size is the global batch, split evenly across the processes."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size: {batch_size} must be >= 1")
+    if batch_size % num_processes:
+        raise ValueError(
+            f"batch_size: {batch_size} is the global batch, split evenly across {num_processes} "
+            f"processes; give a multiple of {num_processes}"
+        )
+
+
+def _mean_over_processes(accelerator: Accelerator, metrics: dict) -> dict[str, float]:
+    """Each process's metrics (its slice's means), averaged over the processes: with equal slices, the
+    global batch's. A collective: every process calls it."""
+    names = list(metrics)
+    values = torch.tensor([float(metrics[n]) for n in names], device=accelerator.device)
+    values = accelerator.reduce(values, reduction="mean") if accelerator.num_processes > 1 else values
+    return dict(zip(names, values.tolist(), strict=True))
 
 
 def check_output_dir(cfg: TrainPolicyConfig) -> None:
@@ -162,30 +216,47 @@ def _build(cfg: TrainPolicyConfig, device: torch.device):
     return policy, dataset, pre, post
 
 
-def _loader(cfg: TrainPolicyConfig, dataset: LeRobotDataset | FramesInMemory) -> torch.utils.data.DataLoader:
+def _loader(
+    cfg: TrainPolicyConfig, dataset: LeRobotDataset | FramesInMemory
+) -> tuple[torch.utils.data.DataLoader, torch.Generator]:
+    """The loader of global batches, and the generator its sampler draws from: its own, seeded by
+    `seed`, the same in every process, so the batches are the same under any number of processes
+    (accelerate keeps the processes' copies in step and gives each its slice of every batch)."""
+    generator = torch.Generator().manual_seed(_sampler_seed(cfg.seed, 0))
     sampler = None
     if cfg.sample_weights is not None:
-        sampler = weighted_sampler(np.load(cfg.sample_weights), len(dataset))
-    return torch.utils.data.DataLoader(
+        sampler = weighted_sampler(np.load(cfg.sample_weights), len(dataset), generator)
+    loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         shuffle=sampler is None,
         sampler=sampler,
+        generator=generator,
         num_workers=cfg.num_workers,
         drop_last=len(dataset) > cfg.batch_size,
         # FramesInMemory.__getitems__ returns the batch itself; None: torch's default collate.
         collate_fn=already_batched if isinstance(dataset, FramesInMemory) else None,
     )
+    return loader, generator
 
 
-def weighted_sampler(weights: np.ndarray, num_frames: int) -> torch.utils.data.WeightedRandomSampler:
+def _sampler_seed(seed: int, step: int) -> int:
+    return int(np.random.SeedSequence([seed, step]).generate_state(1)[0])
+
+
+def weighted_sampler(
+    weights: np.ndarray, num_frames: int, generator: torch.Generator | None = None
+) -> torch.utils.data.WeightedRandomSampler:
     """The one sampler of weighted training: num_frames draws per epoch, with replacement, P(frame) ∝
-    its weight (flywheel.recap.sampler.frame_weights, or the positive-share weights), from torch's
-    global generator (seeded by set_seed)."""
+    its weight (flywheel.recap.sampler.frame_weights, or the positive-share weights), from `generator`
+    (train_policy's: its own, the same in every process; None: torch's global one)."""
     if len(weights) != num_frames:
         raise ValueError(f"sample_weights: {len(weights)} weights for {num_frames} frames")
     return torch.utils.data.WeightedRandomSampler(
-        torch.as_tensor(weights, dtype=torch.double), num_samples=num_frames, replacement=True
+        torch.as_tensor(weights, dtype=torch.double),
+        num_samples=num_frames,
+        replacement=True,
+        generator=generator,
     )
 
 
@@ -196,7 +267,8 @@ def _forever(loader):
 
 def _checkpoint(cfg: TrainPolicyConfig, accelerator: Accelerator, step: int) -> None:
     path = cfg.output_dir / "checkpoints" / "last"
-    accelerator.save_state(str(path))
+    accelerator.save_state(str(path))  # every process: the main one the weights, each its RNG state
+    accelerator.wait_for_everyone()  # step.json last: it says the whole checkpoint is there
     if accelerator.is_main_process:
         (path / "step.json").write_text(json.dumps({"step": step}))
 
@@ -207,7 +279,8 @@ def _resume(cfg: TrainPolicyConfig, accelerator: Accelerator) -> int:
         raise FileNotFoundError(f"resume: no checkpoint at {path}")
     accelerator.load_state(str(path))
     step = json.loads((path / "step.json").read_text())["step"]
-    log.info("resumed from step %d", step)
+    if accelerator.is_main_process:
+        log.info("resumed from step %d", step)
     return step
 
 

@@ -42,6 +42,15 @@ class MessageType(StrEnum):
     POLICY_SWAPPED = "policy_swapped"  # daemon -> watchers: a new policy version acts from this frame
     DEPLOY = "deploy"  # trainer / `flywheel deploy` -> daemon (REQ/REP): load, validate, swap in
     DEPLOY_REPLY = "deploy_reply"  # daemon -> requester: the outcome
+    # Fleet (REQ/REP, uplink on an arm's host -> the trainer's FleetServer; docs/protocol.md "Fleet")
+    ARM_POLL = "arm_poll"  # uplink -> trainer: I am here, acting version, last deploy's outcome
+    FLEET_STATE = "fleet_state"  # trainer -> uplink: episodes held, the deploy target and its files
+    EPISODE_CHUNK = "episode_chunk"  # uplink -> trainer: bytes of one file of one episode
+    CHUNK_ACK = "chunk_ack"  # trainer -> uplink: the bytes it holds of that file
+    EPISODE_COMMIT = "episode_commit"  # uplink -> trainer: the episode's files are all sent
+    WEIGHTS_FETCH = "weights_fetch"  # uplink -> trainer: bytes of one file of a registry version
+    WEIGHTS_CHUNK = "weights_chunk"  # trainer -> uplink: those bytes
+    FLEET_ERROR = "fleet_error"  # trainer -> uplink: the request is refused, and why
 
 
 class ProtocolError(ValueError):
@@ -300,16 +309,19 @@ def request(
     timeout_s: float,
     security: Security | None = None,
     connect_timeout_s: float | None = None,
+    server: str = "daemon",
 ) -> Message:
     """One request/reply exchange (REQ socket), bounded in time: raises TimeoutError when no reply
     comes, ProtocolError when the reply is malformed. With `connect_timeout_s`, a tcp:// or ipc://
     peer that does not accept the connection that soon raises ConnectionError first, so an absent
-    server is reported at once rather than after the whole reply timeout."""
+    server is reported at once rather than after the whole reply timeout. `server` names the key
+    the server must have (with `security`): the daemon's deploy endpoint by default, "trainer" for
+    the trainer's fleet endpoint."""
     socket = ctx.socket(zmq.REQ)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.MAXMSGSIZE, MAX_HEADER_BYTES + MAX_ARRAY_BYTES)
     try:
-        secure_client(socket, security, server="daemon")  # requests go to the daemon's endpoint
+        secure_client(socket, security, server=server)
         if connect_timeout_s is not None and not address.startswith("inproc://"):
             _connect_checked(socket, address, connect_timeout_s)
         else:

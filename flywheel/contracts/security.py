@@ -12,6 +12,7 @@ the server's. Keys are ZeroMQ's certificate files (zmq.auth), never pickles.
 
 from __future__ import annotations
 
+import re
 import shutil
 import threading
 import weakref
@@ -23,6 +24,8 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 IDENTITIES = ("daemon", "teleop", "trainer", "operator")  # operator: `flywheel deploy` by hand
+# Any further identity (`flywheel keys --identities=uplink,arm-kitchen`): an arm host's uplink, say.
+_IDENTITY = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _LOOPBACK_PREFIXES = ("tcp://127.", "tcp://localhost:", "tcp://[::1]:", "inproc://", "ipc://")
 
 # Per context (weakly held: a destroyed context's id may be reused by a new one, which must not
@@ -37,6 +40,9 @@ def is_loopback(address: str) -> bool:
 
 def make_keys(keys_dir: Path, names: tuple[str, ...] = IDENTITIES) -> list[Path]:
     """Create a key pair per process identity; existing keys are kept (never overwritten)."""
+    for name in names:
+        if not _IDENTITY.fullmatch(name):
+            raise ValueError(f"identities: {name!r} is not a key name ([A-Za-z0-9_-]{{1,64}})")
     public, private = Path(keys_dir) / "public", Path(keys_dir) / "private"
     public.mkdir(parents=True, exist_ok=True)
     private.mkdir(parents=True, exist_ok=True)
