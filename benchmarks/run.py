@@ -30,7 +30,7 @@ class BenchConfig:
     # Smaller runs of every case (under 3 minutes in all on 2 cores).
     quick: bool = False
     # Which cases (default: all): control_loop, hot_swap, select_action, training, recording,
-    # lerobot_record_loop, labeling, evaluation, sim_step; soak (about 20 minutes; 1 with --quick) only
+    # lerobot_record_loop, labeling, evaluation, sim_step, fleet; soak (about 20 minutes; 1 with --quick) only
     # when named.
     cases: list[str] = field(default_factory=lambda: [c for c in CASES if c != "soak"])
     # Length of the soak case, when it is named.

@@ -297,6 +297,21 @@ def test_a_version_is_fetched_verified_and_deployed_and_a_rollback_is_not_fetche
         server.deploy(v2, timeout_s=1)
 
 
+def test_a_restarted_trainer_s_target_reaches_an_arm_that_connects_later(tmp_path, fleet):
+    """set_target (what a restarted trainer does with its acting version) waits for nobody, and the
+    next poll of any arm carries the version and its files."""
+    start, _ = fleet
+    registry = ModelRegistry(tmp_path / "models")
+    version = publish(registry, tmp_path / "p1", 1)
+    server = start()
+    client = FleetClient(zmq.Context.instance(), server.cfg.bind, None, 2.0)
+    assert client.call(ArmPoll("late", None, None), FleetState).target_version is None
+    server.set_target(version)
+    state = client.call(ArmPoll("late", None, None), FleetState)
+    assert state.target_version == version
+    assert {f.path for f in state.target_files} >= {WEIGHTS_FILE, "config.json", "manifest.json"}
+
+
 def test_what_is_not_allowed_is_refused(tmp_path, fleet):
     start, calls = fleet
     server = start()

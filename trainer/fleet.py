@@ -194,22 +194,20 @@ class FleetServer:
         with self._cond:
             return self._held_of(arm).episodes
 
-    def deploy(self, version: int, timeout_s: float | None = None) -> dict[str, ArmReport]:
-        """Make `version` the fleet's target and wait until every connected arm reports on it."""
-        timeout_s = self.cfg.deploy_timeout_s if timeout_s is None else timeout_s
-        manifest = self.registry.manifest(version)  # FileNotFoundError naming the version
-        files = tuple(folder_entries(self.registry.path(version)))
-        weights = next((e for e in files if e.path == WEIGHTS_FILE), None)
-        if weights is None or weights.sha256 != manifest.sha256:
-            actual = None if weights is None else weights.sha256
-            raise ValueError(
-                f"version: v{version:04d}'s {WEIGHTS_FILE} hashes to {actual}, its manifest says "
-                f"{manifest.sha256}; not deployed"
-            )
-        now = time.monotonic()
+    def set_target(self, version: int) -> None:
+        """Make `version` the one every arm should act with, without waiting for the arms: a restarted
+        trainer's acting version, so an arm that connects later is brought to it too."""
+        files = self._checked_files(version)
         with self._cond:
             self._served[version] = files
             self._target = version
+
+    def deploy(self, version: int, timeout_s: float | None = None) -> dict[str, ArmReport]:
+        """Make `version` the fleet's target and wait until every connected arm reports on it."""
+        timeout_s = self.cfg.deploy_timeout_s if timeout_s is None else timeout_s
+        self.set_target(version)
+        now = time.monotonic()
+        with self._cond:
             waiting = sorted(a for a, s in self._arms.items() if now - s.last_seen <= self.cfg.arm_timeout_s)
             log.info("fleet: deploy v%04d to %s", version, waiting or "no connected arm")
             deadline = now + timeout_s
@@ -240,6 +238,19 @@ class FleetServer:
                     f": {report.reason}" if report.reason else "",
                 )
         return reports
+
+    def _checked_files(self, version: int) -> tuple[FileEntry, ...]:
+        """The files of a registry version, its weights checked against its manifest."""
+        manifest = self.registry.manifest(version)  # FileNotFoundError naming the version
+        files = tuple(folder_entries(self.registry.path(version)))
+        weights = next((e for e in files if e.path == WEIGHTS_FILE), None)
+        if weights is None or weights.sha256 != manifest.sha256:
+            actual = None if weights is None else weights.sha256
+            raise ValueError(
+                f"version: v{version:04d}'s {WEIGHTS_FILE} hashes to {actual}, its manifest says "
+                f"{manifest.sha256}; not deployed"
+            )
+        return files
 
     def _reported(self, arm: str, version: int) -> bool:
         report = self._arms[arm].report if arm in self._arms else None

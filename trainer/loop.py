@@ -232,6 +232,9 @@ class Trainer:
             self._check_input()  # a dataset the trainer cannot use: say so now, not at the first iteration
         if self.fleet is not None:
             self.fleet.start()  # arms send episodes and fetch weights from now on, --once too
+            if self._acting_version() is not None and cfg.deploy:
+                # After a restart: the arms act with this one (an arm that connects later fetches it).
+                self.fleet.set_target(self._acting_version())
             log.info("trainer: serving the fleet on %s, inbox %s", cfg.fleet.bind, cfg.fleet.inbox)
         try:
             self._run()
