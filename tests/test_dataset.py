@@ -196,3 +196,22 @@ def test_each_episode_is_sealed_in_files_of_its_own_also_after_reopening(tmp_pat
         assert len(read_frame_table(data_files(root), ["index"])) == sum(range(2, 3 + e))
     copy = LeRobotDataset("t/x", root=root)
     assert (copy.num_episodes, copy.num_frames) == (5, 20)
+
+
+def test_the_layout_paths_are_lerobot_s():
+    from lerobot.datasets.utils import DEFAULT_DATA_PATH, DEFAULT_EPISODES_PATH
+
+    from flywheel.contracts.dataset import DATA_PATH, EPISODES_PATH
+
+    assert (DATA_PATH, EPISODES_PATH) == (DEFAULT_DATA_PATH, DEFAULT_EPISODES_PATH)
+
+
+def test_the_dataset_contract_and_the_uplink_import_without_torch():
+    """An arm's uplink reads the layout only: importing it must not pull in torch (about 1 GB)."""
+    import subprocess
+    import sys
+
+    code = "import sys, flywheel.uplink.agent; print(sorted({'torch', 'lerobot'} & set(sys.modules)))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

@@ -33,18 +33,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import IntEnum, StrEnum
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import datasets
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from datasets.fingerprint import generate_random_fingerprint
-from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
-from lerobot.datasets.utils import DEFAULT_DATA_PATH, DEFAULT_EPISODES_PATH
-from lerobot.utils.feature_utils import hw_to_dataset_features
+
+if TYPE_CHECKING:
+    import datasets
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
+
+# LeRobot's dataset classes are imported where they are used, not here: they pull in torch and
+# transformers (about 1.1 GB and seconds of start-up), and the layout and readers below are all that
+# an arm's uplink (flywheel/uplink/) needs of this module.
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +59,10 @@ EPISODES_DIR = "meta/episodes"  # <chunk>/<file>.parquet: one row per episode
 DATA_DIR = "data"  # <chunk>/<file>.parquet: one row per frame
 QUARANTINE_DIR = "quarantine"  # data files no saved episode refers to (quarantine_unindexed_files)
 LABELS_FILE = "meta/recap_labels.json"  # the labeling's report; marks a `flywheel label` output
+# LeRobot v3's file paths (lerobot.datasets.utils DEFAULT_DATA_PATH, DEFAULT_EPISODES_PATH; the same
+# strings, tests/test_dataset.py checks).
+DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+EPISODES_PATH = "meta/episodes/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 # In the trainer's union of a fleet's datasets (trainer/union.py): each union episode's arm and that
 # arm's own episode index (`read_fleet_arms`).
 FLEET_ARMS_FILE = "meta/fleet_arms.json"
@@ -97,12 +104,12 @@ def read_fleet_arms(root: Path | str) -> dict[int, FleetEpisode]:
 
 def data_file(chunk_index: int, file_index: int) -> Path:
     """A data file's path relative to the dataset's root."""
-    return Path(DEFAULT_DATA_PATH.format(chunk_index=chunk_index, file_index=file_index))
+    return Path(DATA_PATH.format(chunk_index=chunk_index, file_index=file_index))
 
 
 def episode_file(chunk_index: int, file_index: int) -> Path:
     """An episode metadata file's path relative to the dataset's root."""
-    return Path(DEFAULT_EPISODES_PATH.format(chunk_index=chunk_index, file_index=file_index))
+    return Path(EPISODES_PATH.format(chunk_index=chunk_index, file_index=file_index))
 
 
 def data_files(root: Path | str) -> list[Path]:
@@ -276,6 +283,8 @@ EPISODE_COLUMNS = tuple(EpisodeInfo.__dataclass_fields__)
 
 def dataset_features(observation_features: dict, action_features: dict, use_videos: bool) -> dict:
     """LeRobot dataset features for a robot's observation/action features plus the flywheel's."""
+    from lerobot.utils.feature_utils import hw_to_dataset_features
+
     return {
         **hw_to_dataset_features(observation_features, "observation", use_video=use_videos),
         **hw_to_dataset_features(action_features, "action", use_video=use_videos),
@@ -292,6 +301,8 @@ def open_for_append(
     another shape would make it unreadable, and frames whose columns have other names would mix
     values that mean different things, so both are refused with the field that differs.
     """
+    from lerobot.datasets.lerobot_dataset import LeRobotDataset
+
     root = Path(root)
     _forget_if_never_used(root)
     if not info_path(root).exists():
@@ -445,6 +456,9 @@ def _with_latest_episode(meta: LeRobotDatasetMetadata) -> datasets.Dataset:
     Dataset.from_parquet over every episode file, and nothing in LeRobot updates meta.episodes
     after a save, so the table has to be extended here one way or the other.
     """
+    import datasets
+    from datasets.fingerprint import generate_random_fingerprint
+
     latest = meta.latest_episode  # the row LeRobot just wrote (the metadata buffer holds one)
     path = meta.root / episode_file(
         latest["meta/episodes/chunk_index"][0], latest["meta/episodes/file_index"][0]
