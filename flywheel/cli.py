@@ -9,6 +9,7 @@
     flywheel label    --dataset.root=IN --output.root=OUT            value function + advantage labels
     flywheel trainer  --dataset_root=DIR --every=10                  RECAP iterations in the background
     flywheel uplink   --trainer=tcp://HOST:5560 --dataset_root=DIR    ship an arm's episodes, fetch weights
+    flywheel serve    --registry=DIR [--version=N]                   the policy server, for arms elsewhere
     flywheel view     --dataset.root=DIR [--rerun.serve=true]        replay a dataset in Rerun
     flywheel bench    [--quick]                                      speed of the hot paths
 
@@ -24,28 +25,31 @@ import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import draccus
 from draccus.utils import ParsingError
 
 from flywheel import presets
-from flywheel.configs import CalibrateConfig, DeployConfig, KeysConfig, RecordConfig, RunConfig
-from flywheel.rollout.config import RolloutConfig
-from teleop.process import TeleopProcessConfig
+
+if TYPE_CHECKING:
+    from flywheel.configs import CalibrateConfig, DeployConfig, RecordConfig, RunConfig
+    from flywheel.rollout.config import RolloutConfig
+    from teleop.process import TeleopProcessConfig
 
 
 @dataclass
 class Command:
-    config: type | str  # the class, or "module:Class" for commands whose imports are heavy
+    # "module:Class", imported only for the command that runs: most configs import LeRobot and so
+    # torch (about 1 GB), which `flywheel uplink` on an arm's small computer does not need.
+    config: str
     main: Callable
     summary: str
 
     @property
     def config_class(self) -> type:
-        if isinstance(self.config, str):
-            module, name = self.config.split(":")
-            return getattr(importlib.import_module(module), name)
-        return self.config
+        module, name = self.config.split(":")
+        return getattr(importlib.import_module(module), name)
 
 
 def _rollout(cfg: RolloutConfig) -> int:
@@ -184,6 +188,25 @@ def _uplink(cfg) -> int:
     return uplink_main(cfg)
 
 
+def _serve(cfg) -> int:
+    import zmq
+
+    from flywheel.serve.server import build_server
+
+    try:
+        server = build_server(cfg)
+        server.start()  # binds: a non-loopback address without keys, or a port in use, fails here
+    except (FileNotFoundError, ValueError, zmq.ZMQError) as e:
+        print(f"flywheel serve: {e}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGINT, lambda *_: server.request_stop())
+    signal.signal(signal.SIGTERM, lambda *_: server.request_stop())
+    server.wait()
+    server.stop()
+    logging.getLogger("flywheel.serve").info("policy server stopped: %s", server.stats())
+    return 0
+
+
 def _print_summary(results) -> None:
     print(
         f"{'episode':>7}  {'frames':>6}  {'success':>7}  {'data_type':>12}  {'interv.':>7}  {'saved':>5}  end"
@@ -200,16 +223,24 @@ def _print_summary(results) -> None:
 
 
 COMMANDS: dict[str, Command] = {
-    "run": Command(RunConfig, _run, "rollout daemon + teleop process, supervised"),
+    "run": Command("flywheel.configs:RunConfig", _run, "rollout daemon + teleop process, supervised"),
     "rollout": Command(
-        RolloutConfig, _rollout, "the rollout daemon: policy on the robot, takeovers, recording"
+        "flywheel.rollout.config:RolloutConfig",
+        _rollout,
+        "the rollout daemon: policy on the robot, takeovers, recording",
     ),
     "teleop": Command(
-        TeleopProcessConfig, _teleop, "the teleop process: operator device and pedal over ZeroMQ"
+        "teleop.process:TeleopProcessConfig",
+        _teleop,
+        "the teleop process: operator device and pedal over ZeroMQ",
     ),
-    "record": Command(RecordConfig, _record, "operator-only demonstrations (data_type=demo)"),
+    "record": Command(
+        "flywheel.configs:RecordConfig", _record, "operator-only demonstrations (data_type=demo)"
+    ),
     "deploy": Command(
-        DeployConfig, _deploy, "swap a registry version (or --rollback) into the running daemon"
+        "flywheel.configs:DeployConfig",
+        _deploy,
+        "swap a registry version (or --rollback) into the running daemon",
     ),
     "demo": Command(
         "flywheel.demo.config:DemoConfig",
@@ -221,8 +252,12 @@ COMMANDS: dict[str, Command] = {
         _label,
         "train a value function, label advantages (new dataset)",
     ),
-    "calibrate": Command(CalibrateConfig, _calibrate, "LeRobot's calibration of the follower and leader"),
-    "keys": Command(KeysConfig, _keys, "make CurveZMQ keys (needed to bind beyond loopback)"),
+    "calibrate": Command(
+        "flywheel.configs:CalibrateConfig", _calibrate, "LeRobot's calibration of the follower and leader"
+    ),
+    "keys": Command(
+        "flywheel.configs:KeysConfig", _keys, "make CurveZMQ keys (needed to bind beyond loopback)"
+    ),
     "view": Command(
         "flywheel.viz.config:ViewConfig", _view, "watch or replay in Rerun (viewer, browser, or .rrd)"
     ),
@@ -234,6 +269,11 @@ COMMANDS: dict[str, Command] = {
         "flywheel.uplink.config:UplinkConfig",
         _uplink,
         "beside an arm's daemon: ship its episodes to the trainer, bring its weights home",
+    ),
+    "serve": Command(
+        "flywheel.serve.config:ServeConfig",
+        _serve,
+        "the policy server: arms' observations in, action chunks out (batched), hot-swappable",
     ),
 }
 

@@ -207,11 +207,15 @@ def test_the_layout_paths_are_lerobot_s():
 
 
 def test_the_dataset_contract_and_the_uplink_import_without_torch():
-    """An arm's uplink reads the layout only: importing it must not pull in torch (about 1 GB)."""
+    """An arm's uplink reads the layout only: importing it, and `flywheel uplink`'s way to it through
+    the CLI, must not pull in torch (about 1 GB)."""
     import subprocess
     import sys
 
-    code = "import sys, flywheel.uplink.agent; print(sorted({'torch', 'lerobot'} & set(sys.modules)))"
+    code = (
+        "import sys, flywheel.cli, flywheel.uplink.agent; flywheel.cli.COMMANDS['uplink'].config_class; "
+        "print(sorted({'torch', 'lerobot'} & set(sys.modules)))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip() == "[]"
