@@ -51,6 +51,10 @@ class MessageType(StrEnum):
     WEIGHTS_FETCH = "weights_fetch"  # uplink -> trainer: bytes of one file of a registry version
     WEIGHTS_CHUNK = "weights_chunk"  # trainer -> uplink: those bytes
     FLEET_ERROR = "fleet_error"  # trainer -> uplink: the request is refused, and why
+    # Policy server (DEALER/ROUTER, an arm's daemon -> `flywheel serve`; docs/protocol.md "Policy server")
+    INFERENCE_REQUEST = "inference_request"  # daemon -> server: an observation (+ RTC prefix)
+    ACTION_CHUNK = "action_chunk"  # server -> daemon: the chunk, the version that computed it
+    INFERENCE_ERROR = "inference_error"  # server -> daemon: not computed, and why
 
 
 class ProtocolError(ValueError):

@@ -35,7 +35,7 @@ from flywheel.contracts.ticks import EpisodeEnd, Tick, TickSink
 from flywheel.rollout.cadence import CadenceReport, RateKeeper
 from flywheel.rollout.config import RolloutConfig
 from flywheel.rollout.episodic import EpisodicRobot, MotorBusRobot
-from flywheel.rollout.hotswap import Deployment, HotSwap
+from flywheel.rollout.hotswap import CandidateRejected, Deployment, HotSwap
 from flywheel.rollout.policy_runner import PolicyRunner
 from flywheel.rollout.policy_source import ChunkPolicy, LeRobotChunkPolicy, hold_action, make_chunk_policy
 from flywheel.rollout.recorder import NullRecorder, Recorder, SavedEpisode
@@ -98,7 +98,9 @@ class RolloutDaemon:
         self.features = dataset_features(
             self.robot.observation_features, self.robot.action_features, cfg.dataset.video
         )
-        self.policy = policy or make_chunk_policy(cfg.policy, self.features, self.action_names)
+        self.policy = policy or make_chunk_policy(
+            cfg.policy, self.features, self.action_names, fps=cfg.fps, security=cfg.wire.security("daemon")
+        )
         self._link = link
         self._load_policy = load_policy
         self.await_deploy_s = await_deploy_s
@@ -151,6 +153,8 @@ class RolloutDaemon:
             cfg.policy.refill_at,
             blocking=self.lockstep,
             max_wait_s=0.5 / cfg.fps if cfg.fps else 0.0,
+            rtc=cfg.policy.rtc,  # real time only: the runner ignores it in lockstep
+            period_s=1.0 / cfg.fps if cfg.fps else 0.0,
         )
         self.link = self._link or self._make_teleop_link()
         self.hotswap = HotSwap(
@@ -260,6 +264,11 @@ class RolloutDaemon:
 
     def load_deployment(self, deployment: Deployment) -> ChunkPolicy:
         """The default `load_policy`. Runs on the hot-swap thread: builds the standby policy."""
+        if self.cfg.policy.server is not None:  # refused, with the reason, by the hot-swap's reply
+            raise CandidateRejected(
+                f"policy.server: this daemon's policy runs on {self.cfg.policy.server}; "
+                "deploy to that server's deploy address instead"
+            )
         return LeRobotChunkPolicy(
             deployment.path, self.features, self.action_names, deployment.version, self.cfg.policy.device
         )

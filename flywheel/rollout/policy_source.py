@@ -34,19 +34,46 @@ class PolicySourceConfig:
     torch_threads: int = 1
     # Seed of the random baseline.
     seed: int = 0
+    # Real-time chunking (arXiv 2506.07339), in real time (fps > 0) only: each chunk is computed
+    # guided toward the previous chunk's actions still queued, knowing how many of them run while
+    # it is computed (the measured latency), so consecutive chunks join smoothly. For policies that
+    # support it (pi_star_recap, pi05, ...: LeRobot's predict_action_chunk(inference_delay=,
+    # prev_chunk_left_over=)); others act as without it (a warning says so). The checkpoint's
+    # rtc_config is used if it has one, else LeRobot's defaults over the whole chunk.
+    rtc: bool = False
+    # A policy server's address (`flywheel serve`, e.g. tcp://gpu-host:5570): the policy runs there and
+    # this daemon loads no model; it sends observations and acts on the chunks that come back.
+    server: str | None = None
 
     def __post_init__(self):
         if self.path is None and self.baseline not in ("hold", "random"):
             raise ValueError(f"policy.baseline: {self.baseline!r} is not one of 'hold', 'random'")
         if self.refill_at < 0:
             raise ValueError(f"policy.refill_at: {self.refill_at} must be >= 0")
+        if self.server is not None and self.path is not None:
+            raise ValueError(
+                f"policy.server: {self.server} serves the policy; give --policy.path to the server, not here"
+            )
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """What real-time chunking (RTC, arXiv 2506.07339) needs to continue the previous chunk smoothly:
+    that chunk's actions which will still be executed after the new chunk is asked for, and how many
+    ticks will pass before the new chunk's first action can be used (the inference delay)."""
+
+    actions: np.ndarray  # (n, action_dim), in the robot's action space and order
+    delay: int  # ticks, from the measured inference latency
 
 
 class ChunkPolicy(Protocol):
     version: int
 
-    def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
-        """Actions for the next steps, shape (steps, action_dim), in the robot's action order."""
+    def predict_chunk(
+        self, observation: dict[str, Any], task: str, prefix: Prefix | None = None
+    ) -> np.ndarray:
+        """Actions for the next steps, shape (steps, action_dim), in the robot's action order. A policy
+        that cannot chunk in real time ignores `prefix`."""
         ...
 
     def reset(self) -> None: ...
@@ -62,7 +89,9 @@ class HoldPolicy:
     def __init__(self, action_names: list[str], version: int, chunk: int = 10):
         self.action_names, self.version, self.chunk = action_names, version, chunk
 
-    def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
+    def predict_chunk(
+        self, observation: dict[str, Any], task: str, prefix: Prefix | None = None
+    ) -> np.ndarray:
         return np.tile(hold_action(observation, self.action_names), (self.chunk, 1))
 
     def reset(self) -> None:
@@ -78,7 +107,9 @@ class RandomWalkPolicy:
         self._rng = np.random.default_rng(seed)
         self._velocity = np.zeros(len(action_names), dtype=np.float32)
 
-    def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
+    def predict_chunk(
+        self, observation: dict[str, Any], task: str, prefix: Prefix | None = None
+    ) -> np.ndarray:
         base = hold_action(observation, self.action_names)
         steps = []
         for _ in range(self.chunk):
@@ -118,13 +149,25 @@ class LeRobotChunkPolicy:
         )
         self.features, self.action_names, self.version = dataset_features, action_names, version
 
-    def predict_chunk(self, observation: dict[str, Any], task: str) -> np.ndarray:
-        return self.predict_chunks([observation], [task])[0]
+    def predict_chunk(
+        self, observation: dict[str, Any], task: str, prefix: Prefix | None = None
+    ) -> np.ndarray:
+        """With a prefix, and a policy that supports RTC: the prefix's actions are mapped into the
+        policy's action space (the saved preprocessor's normalization of `action`, the inverse of
+        the postprocessor), padded with zeros or cropped to the chunk size, and passed as
+        prev_chunk_left_over with inference_delay = prefix.delay and execution_horizon at most the
+        real rows (the padding gets no guidance weight)."""
+        if prefix is None or not self._rtc_ready():
+            return self.predict_chunks([observation], [task])[0]
+        return self._predict([observation], [task], **self._rtc_kwargs(prefix))[0]
 
     def predict_chunks(self, observations: list[dict[str, Any]], tasks: list[str]) -> np.ndarray:
         """One policy call for many observations (one row each, with its task): shape (rows, steps,
         action_dim). Each row is built exactly as a single observation is (LeRobot's
         prepare_observation_for_inference), so a batch of one is what the daemon always ran."""
+        return self._predict(observations, tasks)
+
+    def _predict(self, observations: list[dict[str, Any]], tasks: list[str], **rtc: Any) -> np.ndarray:
         import torch
 
         if len(observations) != len(tasks) or not observations:
@@ -137,10 +180,58 @@ class LeRobotChunkPolicy:
         # A list even for one row: LeRobot's AddBatchDimensionProcessorStep turns a lone task string
         # into exactly this.
         batch["task"], batch["robot_type"] = list(tasks), ""
-        with torch.inference_mode():
-            chunk = self.policy.predict_action_chunk(self.preprocess(batch))
+        # RTC's guidance takes a gradient w.r.t. the noisy chunk, which inference_mode forbids.
+        with torch.no_grad() if rtc else torch.inference_mode():
+            chunk = self.policy.predict_action_chunk(self.preprocess(batch), **rtc)
             chunk = self.postprocess(chunk)
         return chunk.float().cpu().numpy()
+
+    def _rtc_ready(self) -> bool:
+        """Whether the policy can take a prefix (LeRobot's supports_rtc_inference test, without
+        importing lerobot.rollout); on first use, an rtc_config is set if the checkpoint has none."""
+        ready = getattr(self, "_rtc", None)
+        if ready is None:
+            import inspect
+
+            supports = getattr(self.policy, "supports_rtc", None)
+            try:
+                inspect.signature(self.policy.predict_action_chunk).bind(
+                    object(), inference_delay=0, prev_chunk_left_over=None
+                )
+                ready = callable(supports) and bool(supports())
+            except (TypeError, ValueError):
+                ready = False
+            if not ready:
+                log.warning(
+                    "policy.rtc: %s does not support real-time chunking; acting without it",
+                    type(self.policy).__name__,
+                )
+            elif getattr(self.policy.config, "rtc_config", None) is None:
+                from lerobot.policies.rtc.configuration_rtc import RTCConfig
+
+                self.policy.config.rtc_config = RTCConfig(execution_horizon=self.policy.config.chunk_size)
+                self.policy.init_rtc_processor()
+            self._rtc = ready
+        return ready
+
+    def _rtc_kwargs(self, prefix: Prefix) -> dict[str, Any]:
+        import torch
+        from lerobot.processor import NormalizerProcessorStep, TransitionKey, create_transition
+
+        chunk_size = int(self.policy.config.chunk_size)
+        actions = torch.as_tensor(np.asarray(prefix.actions, dtype=np.float32))[:chunk_size]
+        rows = actions.shape[0]
+        for step in self.preprocess.steps:
+            if isinstance(step, NormalizerProcessorStep):
+                actions = step(create_transition(action=actions))[TransitionKey.ACTION]
+        padded = torch.zeros(1, chunk_size, actions.shape[-1])
+        padded[0, :rows] = actions.float().cpu()
+        horizon = min(rows, int(self.policy.config.rtc_config.execution_horizon))
+        return {
+            "inference_delay": int(prefix.delay),
+            "prev_chunk_left_over": padded.to(self.policy.config.device),
+            "execution_horizon": horizon,
+        }
 
     def _row(self, observation: dict[str, Any]) -> dict[str, Any]:
         """One observation as LeRobot feeds a policy: tensors with a batch dimension of 1, on the CPU."""
@@ -169,8 +260,18 @@ def resolved_version(cfg: PolicySourceConfig) -> int:
 
 
 def make_chunk_policy(
-    cfg: PolicySourceConfig, dataset_features: dict, action_names: list[str]
+    cfg: PolicySourceConfig,
+    dataset_features: dict,
+    action_names: list[str],
+    *,
+    fps: float = 30.0,
+    security: Any = None,
 ) -> ChunkPolicy:
+    """fps (0: lockstep) and security (the daemon's CurveZMQ Security) matter only with `server`."""
+    if cfg.server is not None:
+        from flywheel.rollout.remote_policy import RemoteChunkPolicy
+
+        return RemoteChunkPolicy(cfg.server, action_names, fps=fps, security=security)
     version = resolved_version(cfg)
     if cfg.path is not None:
         if cfg.torch_threads > 0:

@@ -12,6 +12,7 @@ from lerobot.configs.policies import PreTrainedConfig
 from lerobot.configs.types import FeatureType, NormalizationMode, PolicyFeature
 from lerobot.optim.optimizers import AdamWConfig
 from lerobot.optim.schedulers import CosineDecayWithWarmupSchedulerConfig
+from lerobot.policies.rtc.configuration_rtc import RTCConfig
 from lerobot.utils.constants import ACTION, OBS_STATE
 
 from flywheel.policies.pi_star_recap.config_checks import check_config
@@ -81,6 +82,11 @@ class PiStarRECAPConfig(PreTrainedConfig):
     advantage_estimator: str = "recap"  # "recap" (labels from the value stage) | "iql" (heads in here)
     advantage_dropout: float = 0.3  # P(indicator dropped) per training sample -> unconditioned prompt
     cfg_scale: float = 1.0  # beta; > 1 turns on classifier-free guidance at inference
+    # Real-time chunking at inference (arXiv 2506.07339, LeRobot's RTCProcessor): predict_action_chunk
+    # given prev_chunk_left_over and inference_delay guides the new chunk toward the previous one's
+    # remaining actions. None: off (lerobot-rollout --inference.type=rtc and the flywheel daemon with
+    # policy.rtc=true set one). Works with CFG: the guidance applies to the CFG-mixed velocity.
+    rtc_config: RTCConfig | None = None
     # How the indicator reaches the action expert (None -> preset): "prompt", only as prompt text (pi0.5,
     # the paper); "modulation", a learned embedding (dropped / negative / positive) added to every
     # adaptive norm's scale, shift and gate of the expert, zero-initialised (with indicator_in_prompt

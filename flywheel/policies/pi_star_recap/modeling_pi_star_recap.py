@@ -3,11 +3,15 @@
 Training: the flow-matching loss on prompts that carry the advantage indicator (dropped with
 probability advantage_dropout), weighted per sample by data type and, with the IQL estimator, by
 exp(A / temperature). Inference: positive-conditioned prompts; cfg_scale > 1 adds the unconditioned
-prompts to the same batch and mixes the two velocities at every denoising step.
+prompts to the same batch and mixes the two velocities at every denoising step. Real-time chunking
+(config.rtc_config, predict_action_chunk's inference_delay and prev_chunk_left_over): LeRobot's
+RTCProcessor guides every step's velocity, the CFG-mixed one under CFG, toward the previous chunk.
 """
 
 import builtins
+import contextlib
 import json
+import logging
 from collections import deque
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,12 +19,14 @@ from typing import Any, TypeVar
 import torch
 from lerobot.configs.policies import PreTrainedConfig
 from lerobot.policies.pretrained import PreTrainedPolicy
+from lerobot.policies.rtc.modeling_rtc import RTCProcessor
 from lerobot.utils.constants import ACTION, OBS_STATE
 from torch import Tensor, nn
 
 from flywheel.policies.pi_star_recap import batch_inputs as bi
 from flywheel.policies.pi_star_recap import build_checks
 from flywheel.policies.pi_star_recap.configuration_pi_star_recap import PiStarRECAPConfig
+from flywheel.policies.pi_star_recap.flow_matching import rtc_guide
 from flywheel.policies.pi_star_recap.iql import advantage_weights
 from flywheel.policies.pi_star_recap.network import PiStarRECAPNetwork, PrefixInputs
 from flywheel.policies.pi_star_recap.prompt import (
@@ -34,6 +40,7 @@ from flywheel.policies.pi_star_recap.prompt import (
 from flywheel.policies.pi_star_recap.tokenizer import make_tokenizer
 from flywheel.policies.pi_star_recap.weights import covers, load_pretrained, uninitialized
 
+log = logging.getLogger(__name__)
 T = TypeVar("T", bound="PiStarRECAPPolicy")
 # from_pretrained kwargs meant for reading the config; the rest (dataset_stats, ...) go to __init__.
 HUB_KWARGS = (
@@ -78,6 +85,7 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
             self.base_load_report = load_pretrained(self, base)
         self._apply_freezing()
         self.model.to(config.device)
+        self.init_rtc_processor()
         self.reset()
 
     # ----------------------------------------------------------------------------- construction
@@ -149,6 +157,20 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
 
     def reset(self) -> None:
         self._action_queue: deque[Tensor] = deque(maxlen=self.config.n_action_steps)
+
+    # ----------------------------------------------------------------------------- real-time chunking
+    def supports_rtc(self) -> bool:
+        """LeRobot's RTC engine (lerobot-rollout --inference.type=rtc) drives policies that say so."""
+        return True
+
+    def init_rtc_processor(self) -> None:
+        """(Re)build the RTC processor from config.rtc_config, as LeRobot's rollout calls it after
+        setting that field (pi05's protocol)."""
+        self.rtc_processor = RTCProcessor(self.config.rtc_config) if self.config.rtc_config else None
+        self._warned_rtc_off = False
+
+    def _rtc_enabled(self) -> bool:
+        return self.config.rtc_config is not None and self.config.rtc_config.enabled
 
     # ----------------------------------------------------------------------------- inputs
     def _prefix_inputs(self, batch: dict, indicators: list[str | None], branches: int = 1) -> PrefixInputs:
@@ -281,8 +303,25 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
 
     # ----------------------------------------------------------------------------- inference
     @torch.no_grad()
-    def predict_action_chunk(self, batch: dict, noise: Tensor | None = None, **kwargs: Any) -> Tensor:
-        """[B, chunk_size, action_dim] normalized actions, conditioned on 'Advantage: positive'."""
+    def predict_action_chunk(
+        self,
+        batch: dict,
+        noise: Tensor | None = None,
+        inference_delay: int | None = None,
+        prev_chunk_left_over: Tensor | None = None,
+        execution_horizon: int | None = None,
+        **kwargs: Any,
+    ) -> Tensor:
+        """[B, chunk_size, action_dim] normalized actions, conditioned on 'Advantage: positive'.
+
+        Real-time chunking (with config.rtc_config enabled): prev_chunk_left_over, [B or 1, n,
+        action_dim] normalized, are the previous chunk's actions still to run, aligned so that its
+        row i is the new chunk's row i; the first `inference_delay` of them run while this chunk is
+        computed. Guidance weights (LeRobot's RTCProcessor.get_prefix_weights): 1 on the first
+        min(delay, horizon) rows, then the schedule (linear: decaying) down to 0 at row `horizon`,
+        0 after; horizon = execution_horizon (None: rtc_config's), at most n. Where every weight is
+        0 (no prev_chunk_left_over; or delay 0 and horizon 0 or n = 0; or delay 0 under the ZEROS
+        schedule) the result is the unguided chunk for the same noise, bit for bit."""
         self.eval()
         cfg = self.config
         bsize = bi.frame(batch[OBS_STATE], 0, bi.has_time_axis(batch)).shape[0]
@@ -295,8 +334,31 @@ class PiStarRECAPPolicy(PreTrainedPolicy):
         guided = cfg.cfg_scale != 1.0 and positive is not None
         indicators = [positive] * bsize + ([None] * bsize if guided else [])
         inputs = self._prefix_inputs(batch, indicators, branches=2 if guided else 1)
-        actions = self.model.sample(inputs, noise.to(device), cfg.cfg_scale if guided else 1.0)
+        guide = self._rtc_guide(prev_chunk_left_over, inference_delay, execution_horizon, device)
+        # RTC's guidance takes a gradient (of x_t - t v w.r.t. x_t): not under inference_mode, which
+        # the caller may have turned on.
+        eager = torch.inference_mode(False) if guide is not None else contextlib.nullcontext()
+        with eager:
+            actions = self.model.sample(inputs, noise.to(device), cfg.cfg_scale if guided else 1.0, guide)
         return actions[:, :, : cfg.action_dim]
+
+    def _rtc_guide(self, prev: Tensor | None, delay: int | None, horizon: int | None, device: torch.device):
+        if prev is None:
+            return None
+        if not self._rtc_enabled() or self.rtc_processor is None:
+            if not self._warned_rtc_off:
+                log.warning("prev_chunk_left_over given but rtc_config is off: sampling without RTC")
+                self._warned_rtc_off = True
+            return None
+        prev = torch.as_tensor(prev).to(device=device, dtype=torch.float32)
+        if prev.ndim == 2:
+            prev = prev.unsqueeze(0)
+        if prev.shape[-1] > self.config.action_dim:
+            raise ValueError(
+                f"prev_chunk_left_over: {prev.shape[-1]} action dims, policy has {self.config.action_dim}"
+            )
+        prev = prev[:, : self.config.chunk_size]
+        return rtc_guide(self.rtc_processor, prev, max(0, int(delay or 0)), horizon)
 
     @torch.no_grad()
     def select_action(self, batch: dict, noise: Tensor | None = None, **kwargs: Any) -> Tensor:

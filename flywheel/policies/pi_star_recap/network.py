@@ -8,6 +8,7 @@ lacks it, which is the same model).
 """
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -21,6 +22,9 @@ from flywheel.policies.pi_star_recap.flow_matching import noisy_actions, sample_
 from flywheel.policies.pi_star_recap.iql import IQLHeads
 from flywheel.policies.pi_star_recap.layers import KV, fan_out
 from flywheel.policies.pi_star_recap.prompt import INDICATOR_IDS
+
+# guide(x_t, time, velocity) -> the velocity a denoising step uses (real-time chunking's guidance).
+Guide = Callable[[Tensor, float, Callable[[Tensor], Tensor]], Tensor]
 
 
 @dataclass
@@ -208,13 +212,16 @@ class PiStarRECAPNetwork(nn.Module):
         return F.mse_loss(velocity, u_t, reduction="none")
 
     @torch.no_grad()
-    def sample(self, inp: PrefixInputs, noise: Tensor, cfg_scale: float = 1.0) -> Tensor:
+    def sample(
+        self, inp: PrefixInputs, noise: Tensor, cfg_scale: float = 1.0, guide: Guide | None = None
+    ) -> Tensor:
         """Euler integration from noise (t=1) to actions (t=0), the prefix KV computed once.
 
         With cfg_scale > 1 `inp` has two branches (positive suffixes first, unconditioned second);
         every step runs the expert once on the B noisy chunks against both, and mixes
         v = v_uncond + beta * (v_pos - v_uncond). On a GPU (cuda_graphs) the whole of it is a
-        replayed CUDA graph (cuda_graphs.py).
+        replayed CUDA graph (cuda_graphs.py). `guide` (real-time chunking): see `denoise`; a guided
+        sampling runs eagerly (RTC's guidance uses autograd, which a captured graph does not replay).
         """
         steps = self.cfg.num_inference_steps
 
@@ -222,10 +229,10 @@ class PiStarRECAPNetwork(nn.Module):
             inputs = inp.with_tensors(tensors[:-1])
             prefix_kv, prefix_mask = self.encode(inputs)
             indicator = inputs.indicator_rows() if hasattr(self, "indicator_embedding") else None
-            return self.denoise(prefix_kv, prefix_mask, tensors[-1], steps, cfg_scale, indicator)
+            return self.denoise(prefix_kv, prefix_mask, tensors[-1], steps, cfg_scale, indicator, guide)
 
         tensors = [*inp.tensors(), noise]
-        if not (self.cfg.cuda_graphs and noise.is_cuda):
+        if guide is not None or not (self.cfg.cuda_graphs and noise.is_cuda):
             return run(tensors)
         # Graphs read the weights where they were at capture: moved or replaced weights recapture.
         weights = tuple(p.data_ptr() for p in self.parameters())
@@ -240,10 +247,14 @@ class PiStarRECAPNetwork(nn.Module):
         steps: int,
         cfg_scale: float,
         indicator: Tensor | None = None,
+        guide: Guide | None = None,
     ) -> Tensor:
         """Euler steps from noise. Everything that does not depend on x_t is computed once, before
         the first step: the expert's view of the prefix and every step's time modulations.
-        `indicator`: the prefix rows' indicator ids (learned indicator embedding only)."""
+        `indicator`: the prefix rows' indicator ids (learned indicator embedding only).
+        `guide(x_t, time, velocity)`: the velocity used at each step instead of velocity(x_t), where
+        velocity is the model's (CFG-mixed) velocity function of x_t at that step and time a float
+        (1 = noise): real-time chunking's guidance (modeling_pi_star_recap.py)."""
         prefix = self.paligemma_with_expert.prepare_expert(prefix_kv, prefix_mask, noise.shape[1])
         dt = -1.0 / steps
         # Every row is at the same time: one modulation row per step, broadcast over the batch
@@ -257,13 +268,18 @@ class PiStarRECAPNetwork(nn.Module):
             per_step = self.time_modulations(t[:, None], indicator)  # each [steps, M or 1, 3 x width]
         x_t = noise
         for step in range(steps):
-            h = self._expert(x_t, [m[step] for m in per_step], prefix, indicator).float()
-            if cfg_scale != 1.0:
-                # v_uncond + beta * (v_pos - v_uncond), mixed before the (affine) output projection,
-                # which then runs on B rows instead of 2B.
-                h_pos, h_uncond = h.chunk(2)
-                h = torch.lerp(h_uncond, h_pos, cfg_scale)
-            x_t = x_t + dt * self.action_out_proj(h)
+
+            def velocity(x: Tensor, step: int = step) -> Tensor:
+                h = self._expert(x, [m[step] for m in per_step], prefix, indicator).float()
+                if cfg_scale != 1.0:
+                    # v_uncond + beta * (v_pos - v_uncond), mixed before the (affine) output
+                    # projection, which then runs on B rows instead of 2B.
+                    h_pos, h_uncond = h.chunk(2)
+                    h = torch.lerp(h_uncond, h_pos, cfg_scale)
+                return self.action_out_proj(h)
+
+            v_t = velocity(x_t) if guide is None else guide(x_t, 1.0 + dt * step, velocity)
+            x_t = x_t + dt * v_t
         return x_t
 
 
