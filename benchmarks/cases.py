@@ -849,6 +849,185 @@ def fleet(work: Path, quick: bool) -> dict[str, Any]:
     return out
 
 
+class _SlowPolicy:
+    """A chunk policy whose every chunk takes at least `latency_s` (it sleeps what inference left):
+    an artificial inference delay."""
+
+    def __init__(self, inner, latency_s: float):
+        self.inner, self.latency_s = inner, latency_s
+        self.delays: list[int] = []  # the RTC delay of each request with a prefix
+
+    @property
+    def version(self) -> int:
+        return self.inner.version
+
+    def predict_chunk(self, observation, task, prefix=None):
+        start = time.perf_counter()
+        if prefix is None:
+            chunk = self.inner.predict_chunk(observation, task)
+        else:
+            self.delays.append(prefix.delay)
+            chunk = self.inner.predict_chunk(observation, task, prefix)
+        time.sleep(max(0.0, self.latency_s - (time.perf_counter() - start)))
+        return chunk
+
+    def reset(self) -> None:
+        self.inner.reset()
+
+
+def _smooth_sim_policy(work: Path, episodes: int, steps: int) -> Path:
+    """A tiny pi_star_recap (chunk 50) trained a little on the sim, to output smooth actions: sim
+    episodes of MetaWorld's scripted expert without the operator's noise, recorded in lockstep; the
+    expert's own actions jump by up to 2 per tick (its saturated gains), so the training targets are
+    those actions low-pass filtered (a Gaussian of sigma 5 ticks along each episode). Trained here
+    (AdamW, lr 1e-3, batch 32) on the recorded states, saved with tiny_sim_checkpoint's identity
+    normalization."""
+    import pandas as pd
+
+    from flywheel.policies.pi_star_recap import PiStarRECAPPolicy
+
+    chunk = 50
+    cfg = RolloutConfig(
+        robot=SimArmConfig(task="push-v3"),
+        teleop=SimOperatorConfig(skill="good", noise_std=0.0),
+        pedal=SimPedalConfig(),
+        local_teleop=True,
+        policy=PolicySourceConfig(baseline="random"),
+        dataset=DatasetConfig(root=work / "rtc-data"),
+        wire=WireConfig.in_process("bench-rtc-data"),
+        episodes=episodes,
+        fps=0,
+        episode_time_s=5.0,
+        report_cadence=False,
+    )
+    RolloutDaemon(cfg).run()
+    frames = pd.concat([pd.read_parquet(p) for p in sorted((work / "rtc-data" / "data").rglob("*.parquet"))])
+    states = np.stack(frames["observation.state"].to_numpy()).astype(np.float32)
+    actions = np.stack(frames["action"].to_numpy()).astype(np.float32)
+    episode = frames["episode_index"].to_numpy()
+    kernel = np.exp(-0.5 * (np.arange(-15, 16) / 5.0) ** 2)
+    kernel /= kernel.sum()
+    for e in np.unique(episode):
+        part = np.pad(actions[episode == e], ((15, 15), (0, 0)), mode="edge")
+        actions[episode == e] = np.stack([np.convolve(col, kernel, "valid") for col in part.T], axis=1)
+    last = np.array([np.flatnonzero(episode == e).max() for e in episode])
+    rows = np.arange(len(states))[:, None] + np.arange(chunk)[None]
+    pad = rows > last[:, None]
+    rows = np.minimum(rows, last[:, None])
+
+    path = tiny_sim_checkpoint(work / "rtc-policy", chunk_size=chunk)
+    policy = PiStarRECAPPolicy.from_pretrained(path)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3)
+    rng = np.random.default_rng(0)
+    policy.train()
+    for _ in range(steps):
+        b = rng.integers(0, len(states), 32)
+        batch = {
+            "observation.state": torch.from_numpy(states[b]),
+            "action": torch.from_numpy(actions[rows[b]]),
+            "action_is_pad": torch.from_numpy(pad[b]),
+            "task": ["push the puck to the goal"] * 32,
+        }
+        loss, _ = policy(batch)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+    policy.save_pretrained(path)
+    return path
+
+
+def _smoothness(log: list[tuple[int, np.ndarray, int, bool]], prefix: str) -> dict[str, float]:
+    """log: per tick (episode, commanded action, chunks started so far, held). Jumps
+    |a_t - a_(t-1)| and jerk |a_t - 3 a_(t-1) + 3 a_(t-2) - a_(t-3)| per action dimension, from
+    each episode's first policy action on; 'boundary': at the ticks where a new chunk's first
+    action is sent (the episode's first chunk left out). A figure is the worst dimension's."""
+    jumps, jerks, b_jumps, b_jerks = [], [], [], []
+    for episode in sorted({e for e, *_ in log}):
+        rows = [r for r in log if r[0] == episode]
+        rows = rows[next((i for i, r in enumerate(rows) if not r[3]), len(rows)) :]
+        if len(rows) < 4:
+            continue
+        a = np.stack([r[1] for r in rows])
+        chunk = np.array([r[2] for r in rows])
+        jump = np.abs(np.diff(a, axis=0))  # jump[i]: between ticks i and i + 1
+        jerk = np.abs(np.diff(a, n=3, axis=0))  # jerk[i]: ends at tick i + 3
+        starts = np.flatnonzero(np.diff(chunk) > 0) + 1  # ticks where a new chunk's first action went
+        jumps.append(jump)
+        jerks.append(jerk)
+        b_jumps.append(jump[starts - 1])
+        # The jerk windows that contain the boundary jump.
+        b_jerks.append(jerk[[i for s in starts for i in range(s - 3, s) if 0 <= i < len(jerk)]])
+    out: dict[str, float] = {}
+    for name, parts in (
+        ("jump", jumps),
+        ("jerk", jerks),
+        ("boundary_jump", b_jumps),
+        ("boundary_jerk", b_jerks),
+    ):
+        v = np.concatenate(parts)
+        out[f"{prefix}_{name}_max"] = float(v.max(axis=0).max()) if len(v) else float("nan")
+        out[f"{prefix}_{name}_p99"] = float(np.percentile(v, 99, axis=0).max()) if len(v) else float("nan")
+    out[f"{prefix}_boundaries"] = int(sum(len(b) for b in b_jumps))
+    return out
+
+
+def rtc_smoothness(work: Path, quick: bool, train_steps: int | None = None) -> dict[str, Any]:
+    """Smoothness of the commanded actions at chunk boundaries with and without real-time chunking:
+    the daemon at 30 Hz on the sim, a tiny pi_star_recap (chunk 50) trained a little on smooth sim
+    demonstrations, each chunk made to take 0, 1/6 or 1/3 of the chunk's duration (a wrapper that
+    sleeps; '0': inference alone, about a tick), refill_at 25 for all."""
+    from robots.sim import ACTION_NAMES
+
+    episodes, steps, frames = (4, 400, 150) if quick else (8, 2000, 300)
+    steps = train_steps or steps
+    start = time.perf_counter()
+    policy_path = _smooth_sim_policy(work, episodes, steps)
+    chunk, refill_at = 50, 25
+    out: dict[str, Any] = {"train_steps": steps, "episodes_per_run": 3 if quick else 4}
+    out["train_s"] = time.perf_counter() - start
+    for fraction, label in ((0.0, "d0"), (1 / 6, "d1_6"), (1 / 3, "d1_3")):
+        for rtc in (False, True):
+            cfg = RolloutConfig(
+                robot=SimArmConfig(task="push-v3"),
+                policy=PolicySourceConfig(path=policy_path, refill_at=refill_at, rtc=rtc),
+                dataset=DatasetConfig(root=work / f"rtc-{label}-{rtc}", repo_id="bench/rtc", record=False),
+                wire=WireConfig.in_process(f"bench-rtc-{label}-{rtc}"),
+                episodes=out["episodes_per_run"],
+                fps=FPS,
+                episode_time_s=frames / FPS,
+                report_cadence=False,
+            )
+            pedal = ConstantPedal(ConstantPedalConfig(pressed=False))
+            daemon = RolloutDaemon(cfg, link=LocalTeleop(SimOperator(SimOperatorConfig()), pedal))
+            slow = _SlowPolicy(daemon.policy, fraction * chunk / FPS)
+            daemon.policy = slow
+            log: list[tuple[int, np.ndarray, int, bool]] = []
+            episode_of: dict[str, int] = {"misses": 0}
+            tick, send = daemon._tick, daemon.robot.send_action
+
+            def timed_tick(episode, frame, task, state, tick=tick, episode_of=episode_of):
+                episode_of["now"] = episode
+                return tick(episode, frame, task, state)
+
+            def sent(action, send=send, log=log, daemon=daemon, episode_of=episode_of):
+                vec = np.array([float(action[n]) for n in ACTION_NAMES])
+                runner = daemon.runner
+                held = runner.misses > episode_of["misses"]
+                episode_of["misses"] = runner.misses
+                log.append((episode_of.get("now", -1), vec, runner.chunks_started, held))
+                return send(action)
+
+            daemon._tick, daemon.robot.send_action = timed_tick, sent
+            daemon.run()
+            name = f"{label}_{'rtc' if rtc else 'plain'}"
+            out |= _smoothness([r for r in log if r[0] >= 0], name)
+            out[f"{name}_held_ticks"] = daemon.runner.misses
+            if rtc:
+                out[f"{name}_delay_ticks_mean"] = float(np.mean(slow.delays)) if slow.delays else 0.0
+    return out
+
+
 CASES = {
     "control_loop": control_loop,
     "hot_swap": hot_swap,
@@ -861,6 +1040,7 @@ CASES = {
     "sim_step": sim_step,
     "fleet": fleet,
     "soak": soak,  # long: not in the default list (benchmarks/run.py)
+    "rtc_smoothness": rtc_smoothness,
 }
 
 

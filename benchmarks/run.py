@@ -25,14 +25,17 @@ TARGETS = {
 }
 
 
+ONLY_WHEN_NAMED = ("soak", "rtc_smoothness")
+
+
 @dataclass
 class BenchConfig:
     # Smaller runs of every case (under 3 minutes in all on 2 cores).
     quick: bool = False
     # Which cases (default: all): control_loop, hot_swap, select_action, training, recording,
-    # lerobot_record_loop, labeling, evaluation, sim_step, fleet; soak (about 20 minutes; 1 with --quick) only
-    # when named.
-    cases: list[str] = field(default_factory=lambda: [c for c in CASES if c != "soak"])
+    # lerobot_record_loop, labeling, evaluation, sim_step, fleet. Only when named: soak (about 20
+    # minutes; 1 with --quick) and rtc_smoothness (trains a smooth tiny policy first: 3-19 minutes).
+    cases: list[str] = field(default_factory=lambda: [c for c in CASES if c not in ONLY_WHEN_NAMED])
     # Length of the soak case, when it is named.
     soak_minutes: float = 20.0
     # Where the JSON goes.
