@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import ClassVar
 
 import pandas as pd
-import pyarrow.parquet as pq
 import zmq
 
 from flywheel.contracts.dataset import (
@@ -43,6 +42,8 @@ from flywheel.contracts.dataset import (
     TASKS_FILE,
     data_file,
     episode_files,
+    read_episode_files,
+    write_info_with_totals,
 )
 from flywheel.contracts.fleet import (
     ArmPoll,
@@ -64,9 +65,9 @@ from flywheel.contracts.protocol import (
     decode,
     encode,
 )
-from flywheel.contracts.registry import WEIGHTS_FILE, ModelRegistry
+from flywheel.contracts.registry import WEIGHTS_FILE, ModelRegistry, sha256_file
 from flywheel.contracts.security import Security, secure_server
-from flywheel.contracts.transfer import FileEntry, Receiver, folder_entries, read_chunk, size_and_sha256
+from flywheel.contracts.transfer import FileEntry, Receiver, folder_entries, read_chunk
 
 log = logging.getLogger(__name__)
 
@@ -412,8 +413,9 @@ class FleetServer:
     def _scan(self, arm: str) -> _Held:
         """What the inbox holds of `arm`: its complete meta/episodes files (one episode each)."""
         indices, frames = [], 0
-        for path in episode_files(self.inbox / arm):
-            table = pq.read_table(path, columns=[EPISODE_INDEX, "length"]).to_pandas()
+        for _, table in read_episode_files(
+            episode_files(self.inbox / arm), columns=[EPISODE_INDEX, "length"]
+        ):
             indices += table[EPISODE_INDEX].astype(int).tolist()
             frames += int(table["length"].sum())
         indices.sort()
@@ -526,7 +528,7 @@ class FleetServer:
         """Move a verified file into the inbox; one already there must be the same, never replaced."""
         target.parent.mkdir(parents=True, exist_ok=True)
         if target.exists():
-            if size_and_sha256(target)[1] != sha256:
+            if sha256_file(target) != sha256:
                 raise CommitRefused(f"episode_commit: {target} is in the inbox with other content; kept")
             source.unlink()
             return
@@ -537,13 +539,7 @@ class FleetServer:
         path = self.inbox / arm / INFO_FILE
         info = json.loads((source if source.exists() else path).read_text())
         held = self._held_of(arm)
-        info["total_episodes"] = held.episodes
-        info["total_frames"] = held.frames
-        info["splits"] = {"train": f"0:{held.episodes}"}
-        tmp = path.with_name(path.name + ".tmp")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(info, indent=4))
-        os.replace(tmp, path)
+        write_info_with_totals(self.inbox / arm, info, held.episodes, held.frames)
 
 
 def _bind(socket: zmq.Socket, address: str, wait_s: float = 3.0) -> None:

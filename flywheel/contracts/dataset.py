@@ -525,12 +525,20 @@ def snapshot(root: Path, dest: Path) -> list[int]:
     for name in (STATS_FILE, TASKS_FILE):
         if (root / name).exists():
             shutil.copy2(root / name, dest / name)
-    info = read_json_retrying(info_path(root))
-    info["total_episodes"] = len(episodes)
-    info["total_frames"] = int(episodes["length"].sum()) if len(episodes) else 0
-    info["splits"] = {"train": f"0:{len(episodes)}"}
-    info_path(dest).write_text(json.dumps(info, indent=4))
+    frames = int(episodes["length"].sum()) if len(episodes) else 0
+    write_info_with_totals(dest, read_json_retrying(info_path(root)), len(episodes), frames)
     return sorted(int(i) for i in episodes.get("episode_index", []))
+
+
+def write_info_with_totals(root: Path, info: dict, episodes: int, frames: int) -> None:
+    """meta/info.json at `root`: `info` (another copy's) with the totals of the `episodes` episodes
+    (`frames` frames) that `root` holds, written whole or not at all."""
+    info = {**info, "total_episodes": episodes, "total_frames": frames, "splits": {"train": f"0:{episodes}"}}
+    path = info_path(root)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(info, indent=4))
+    os.replace(tmp, path)
 
 
 def _data_files(episodes: pd.DataFrame) -> list[Path]:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from flywheel.contracts.protocol import ProtocolError
+from flywheel.contracts.registry import sha256_file
 
 PART_SUFFIX = ".part"
 _ARM_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -83,12 +84,7 @@ class FileEntry:
 
 
 def size_and_sha256(path: Path) -> tuple[int, str]:
-    digest, size = hashlib.sha256(), 0
-    with open(path, "rb") as f:
-        while block := f.read(_HASH_BLOCK):
-            digest.update(block)
-            size += len(block)
-    return size, digest.hexdigest()
+    return Path(path).stat().st_size, sha256_file(path)
 
 
 def folder_entries(root: Path) -> list[FileEntry]:
@@ -181,7 +177,7 @@ class Receiver:
         """The sha256 of a complete file (known when it was received here, else read)."""
         known = self._complete.get(final)
         if known is None:
-            known = self._complete[final] = size_and_sha256(final)[1]
+            known = self._complete[final] = sha256_file(final)
         return known
 
     def discard(self, path: str) -> None:
