@@ -14,13 +14,11 @@ byte for byte.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -29,11 +27,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flywheel.contracts.dataset import data_file, episode_files, read_episode_files, read_fleet_arms
+from flywheel.contracts.dataset import episode_files, read_fleet_arms
 from flywheel.contracts.fleet import ArmPoll
 from flywheel.contracts.protocol import encode
 from flywheel.contracts.registry import WEIGHTS_FILE, ModelRegistry
 from flywheel.contracts.security import IDENTITIES, make_keys
+from tests.fleetutil import complete_episodes, flywheel, sha256
 from tests.netns import topology_factory
 from tests.netutil import free_address
 from trainer.fleet import FleetConfig, FleetServer
@@ -72,30 +71,6 @@ gate:
   holdout_every: 5
   loss_tolerance: 100.0
 """
-
-
-def flywheel(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flywheel.cli", *args]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def complete_episodes(root: Path) -> dict[int, tuple[str, str]]:
-    """index -> (data file, meta/episodes file), both relative to root: the complete episodes."""
-    out = {}
-    for path, table in read_episode_files(
-        episode_files(root),
-        columns=["episode_index", "data/chunk_index", "data/file_index"],
-        skip_unfinished=True,
-    ):
-        for _, row in table.iterrows():
-            data = data_file(int(row["data/chunk_index"]), int(row["data/file_index"])).as_posix()
-            index = int(row["episode_index"])
-            assert index not in out, f"{root}: episode {index} twice"
-            out[index] = (data, path.relative_to(root).as_posix())
-    return out
 
 
 def acted_versions(root: Path) -> set[int]:

@@ -15,7 +15,6 @@ CurveZMQ between them, each process a real `flywheel` CLI process.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -31,14 +30,13 @@ import pytest
 from flywheel.contracts.dataset import (
     DataType,
     EpisodeInfo,
-    data_file,
     dataset_features,
     episode_files,
     open_for_append,
-    read_episode_files,
     save_episode,
 )
 from flywheel.contracts.security import IDENTITIES, make_keys
+from tests.fleetutil import complete_episodes, flywheel, sha256
 from tests.netns import topology_factory
 
 pytestmark = pytest.mark.timeout(300)
@@ -61,32 +59,8 @@ KILL_EPISODE = 1  # episode 0 is in the inbox by then
 STARTUP_S = 120.0  # a trainer process starting on a busy machine (torch, lerobot imports)
 
 
-def flywheel(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flywheel.cli", *args]
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def tail(path: Path, n: int = 3000) -> str:
     return path.read_text(errors="replace")[-n:] if path.exists() else f"({path} absent)"
-
-
-def complete_episodes(root: Path) -> dict[int, tuple[str, str]]:
-    """index -> (data file, meta/episodes file), relative to root: the complete episodes."""
-    out = {}
-    for path, table in read_episode_files(
-        episode_files(root),
-        columns=["episode_index", "data/chunk_index", "data/file_index"],
-        skip_unfinished=True,
-    ):
-        for _, row in table.iterrows():
-            index = int(row["episode_index"])
-            assert index not in out, f"{root}: episode {index} twice"
-            data = data_file(int(row["data/chunk_index"]), int(row["data/file_index"])).as_posix()
-            out[index] = (data, path.relative_to(root).as_posix())
-    return out
 
 
 def big_arm_dataset(root: Path) -> None:
