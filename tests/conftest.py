@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from flywheel.cli import main as flywheel_main
 from tests.netutil import free_address
 
 
@@ -22,3 +23,16 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def sim_dataset(tmp_path_factory):
+    """Two short episodes the rollout daemon recorded on the sim in lockstep (read only: the training
+    tests share it)."""
+    root = tmp_path_factory.mktemp("sim") / "ds"
+    code = flywheel_main([
+        "rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", "--episodes=2", "--episode_time_s=1",
+        f"--dataset.root={root}", f"--wire.daemon_events={free_address()}", f"--wire.deploy={free_address()}",
+    ])  # fmt: skip
+    assert code == 0
+    return root

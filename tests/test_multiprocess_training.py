@@ -28,8 +28,6 @@ import pytest
 import torch
 from accelerate.utils import set_seed
 
-from flywheel.cli import main as flywheel_main
-from tests.netutil import free_address
 from trainer.launch import LaunchConfig, LaunchError, launch_training
 from trainer.loop import Trainer, TrainerConfig
 from trainer.train_policy import TrainPolicyConfig, _build, check_batch_size
@@ -87,15 +85,6 @@ def _same_half_everywhere() -> None:
 
 
 # --- the tests -----------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def sim_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sim") / "ds"
-    code = flywheel_main([
-        "rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", "--episodes=2", "--episode_time_s=1",
-        f"--dataset.root={root}", f"--wire.daemon_events={free_address()}", f"--wire.deploy={free_address()}",
-    ])  # fmt: skip
-    assert code == 0
-    return root
 
 
 def _config(sim_dataset, out: Path, weights: Path, **overrides) -> TrainPolicyConfig:

@@ -8,23 +8,10 @@ import numpy as np
 import pytest
 
 import trainer.train_policy as train_policy_module
-from flywheel.cli import main as flywheel_main
 from flywheel.contracts.dataset import dataset_features
 from flywheel.rollout.policy_source import LeRobotChunkPolicy
 from robots.sim import ACTION_NAMES, STATE_NAMES
-from tests.netutil import free_address
 from trainer.train_policy import TrainPolicyConfig, train_policy
-
-
-@pytest.fixture(scope="module")
-def sim_dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("sim") / "ds"
-    code = flywheel_main([
-        "rollout", "--robot", "sim", "--local_teleop=true", "--fps=0", "--episodes=2", "--episode_time_s=1",
-        f"--dataset.root={root}", f"--wire.daemon_events={free_address()}", f"--wire.deploy={free_address()}",
-    ])  # fmt: skip
-    assert code == 0
-    return root
 
 
 def small_config(sim_dataset, out, **overrides) -> TrainPolicyConfig:
