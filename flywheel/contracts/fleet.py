@@ -19,7 +19,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from flywheel.contracts.protocol import MAX_ARRAY_BYTES, Message, MessageType, ProtocolError
+from flywheel.contracts.protocol import (
+    MAX_ARRAY_BYTES,
+    Message,
+    MessageType,
+    ProtocolError,
+    expect_type,
+    is_int,
+)
 from flywheel.contracts.transfer import FileEntry, check_arm, check_relative, check_sha256
 
 # Where an episode's files may be, relative to the dataset's root.
@@ -28,20 +35,11 @@ DEPLOY_OUTCOMES = ("swapped", "queued", "rejected")
 MAX_FILES = 64
 
 
-def _expect_type(msg: Message, expected: MessageType) -> None:
-    if msg.type != expected:
-        raise ProtocolError(f"type: expected {expected}, got {msg.type}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _int(fields: dict, prefix: str, key: str, minimum: int = 0, optional: bool = False) -> int | None:
     value = fields.get(key)
     if value is None and optional:
         return None
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:
         raise ProtocolError(f"{prefix}.{key}: {value!r} is not an integer >= {minimum}")
     return value
 
@@ -121,7 +119,7 @@ class ArmPoll:
 
     @classmethod
     def from_message(cls, msg: Message) -> ArmPoll:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         arm = check_arm(f.get("arm"), "arm_poll.arm")
         acting = _int(f, "arm_poll", "acting_version", minimum=1, optional=True)
@@ -149,7 +147,7 @@ class FleetState:
 
     @classmethod
     def from_message(cls, msg: Message) -> FleetState:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         next_episode = _int(f, "fleet_state", "next_episode")
         version = _int(f, "fleet_state", "target_version", minimum=1, optional=True)
@@ -177,7 +175,7 @@ class EpisodeChunk:
 
     @classmethod
     def from_message(cls, msg: Message) -> EpisodeChunk:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         arm = check_arm(f.get("arm"), "episode_chunk.arm")
         episode = _int(f, "episode_chunk", "episode")
@@ -202,7 +200,7 @@ class ChunkAck:
 
     @classmethod
     def from_message(cls, msg: Message) -> ChunkAck:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         path = check_relative(msg.fields.get("path"), "chunk_ack.path", EPISODE_FILE_ROOTS)
         return cls(path, _int(msg.fields, "chunk_ack", "held"))
 
@@ -225,7 +223,7 @@ class EpisodeCommit:
 
     @classmethod
     def from_message(cls, msg: Message) -> EpisodeCommit:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         arm = check_arm(f.get("arm"), "episode_commit.arm")
         episode = _int(f, "episode_commit", "episode")
@@ -256,7 +254,7 @@ class WeightsFetch:
 
     @classmethod
     def from_message(cls, msg: Message) -> WeightsFetch:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         arm = check_arm(f.get("arm"), "weights_fetch.arm")
         version = _int(f, "weights_fetch", "version", minimum=1)
@@ -285,7 +283,7 @@ class WeightsChunk:
 
     @classmethod
     def from_message(cls, msg: Message) -> WeightsChunk:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         version = _int(f, "weights_chunk", "version", minimum=1)
         name = check_relative(f.get("name"), "weights_chunk.name")
@@ -306,7 +304,7 @@ class FleetError:
 
     @classmethod
     def from_message(cls, msg: Message) -> FleetError:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         return cls(_str(msg.fields, "fleet_error", "reason"))
 
 

@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 import numpy as np
 import zmq
 
-from flywheel.contracts.protocol import Message, MessageType, ProtocolError
+from flywheel.contracts.protocol import Message, MessageType, ProtocolError, expect_type, is_int
 from flywheel.contracts.protocol import request as _request
 from flywheel.contracts.registry import ModelRegistry
 from flywheel.contracts.security import Security
@@ -33,19 +33,10 @@ from flywheel.contracts.security import Security
 EPISODE_KEYS = ("success", "failure", "rerecord", "estop")
 
 
-def _expect_type(msg: Message, expected: MessageType) -> None:
-    if msg.type != expected:
-        raise ProtocolError(f"type: expected {expected}, got {msg.type}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_fields(msg: Message, prefix: str, spec: tuple[tuple[str, type], ...]) -> None:
     for key, kind in spec:
         value = msg.fields.get(key)
-        ok = _is_int(value) if kind is int else isinstance(value, kind)
+        ok = is_int(value) if kind is int else isinstance(value, kind)
         if not ok:
             raise ProtocolError(f"{prefix}.fields.{key}: {value!r} is not a {kind.__name__}")
 
@@ -81,7 +72,7 @@ class Observation:
 
     @classmethod
     def from_message(cls, msg: Message) -> Observation:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         spec = (("episode", int), ("frame", int), ("task", str), ("names", list), ("sim_task", str))
         _check_fields(msg, "observation", spec)
         f = msg.fields
@@ -110,7 +101,7 @@ class EpisodeStarted:
 
     @classmethod
     def from_message(cls, msg: Message) -> EpisodeStarted:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         _check_fields(msg, "episode_started", (("episode", int), ("task", str)))
         return cls(msg.fields["episode"], msg.fields["task"])
 
@@ -141,7 +132,7 @@ class EpisodeSaved:
 
     @classmethod
     def from_message(cls, msg: Message) -> EpisodeSaved:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         spec = (("episode_index", int), ("length", int), ("data_type", str), ("success", bool), ("root", str))
         _check_fields(msg, "episode_saved", spec)
         f = msg.fields
@@ -162,7 +153,7 @@ class PolicySwapped:
 
     @classmethod
     def from_message(cls, msg: Message) -> PolicySwapped:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         _check_fields(msg, "policy_swapped", (("version", int), ("frame", int)))
         return cls(msg.fields["version"], msg.fields["frame"])
 
@@ -208,14 +199,14 @@ class TeleopState:
         """(episode, frame) of the observation a TELEOP_STATE message answers, without decoding
         the rest (the daemon polls this in lockstep); a value that is not an integer reads -1."""
         episode, frame = msg.fields.get("episode"), msg.fields.get("frame")
-        return (episode if _is_int(episode) else -1, frame if _is_int(frame) else -1)
+        return (episode if is_int(episode) else -1, frame if is_int(frame) else -1)
 
     @classmethod
     def from_message(cls, msg: Message) -> TeleopState:
         """Lenient where the daemon can carry on: an action that does not match `names` or is not
         finite decodes as None, unknown keys are dropped, a missing `pressed` is False, and an
         `episode` or `frame` that is not an integer decodes as -1 (an answer to no observation)."""
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         names = f.get("names") or []
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -278,12 +269,12 @@ class DeployRequest:
 
     @classmethod
     def from_message(cls, msg: Message) -> DeployRequest:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         if f.get("rollback"):
             return cls.back()
         version, path, sha = f.get("version"), f.get("path"), f.get("sha256")
-        if not _is_int(version) or version < 1:
+        if not is_int(version) or version < 1:
             raise ProtocolError(f"deploy.version: {version!r} is not a positive integer")
         if not isinstance(path, str) or not path:
             raise ProtocolError(f"deploy.path: {path!r} is not a path")
@@ -325,7 +316,7 @@ class DeployReply:
 
     @classmethod
     def from_message(cls, msg: Message) -> DeployReply:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         status, version, reason, acting = (
             f.get("status"),
@@ -336,7 +327,7 @@ class DeployReply:
         if status not in DEPLOY_STATUSES:
             raise ProtocolError(f"deploy_reply.status: {status!r} is not one of {list(DEPLOY_STATUSES)}")
         for key, value in (("version", version), ("acting_version", acting)):
-            if value is not None and not _is_int(value):
+            if value is not None and not is_int(value):
                 raise ProtocolError(f"deploy_reply.{key}: {value!r} is not an integer")
         if reason is not None and not isinstance(reason, str):
             raise ProtocolError(f"deploy_reply.reason: {reason!r} is not a string")

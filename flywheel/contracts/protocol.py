@@ -61,6 +61,11 @@ class ProtocolError(ValueError):
     """A message that does not follow the protocol. The text names the field and the value."""
 
 
+def is_int(value: Any) -> bool:
+    """An integer, and not a bool (JSON's true/false decode as Python bools, which are ints)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass
 class Message:
     type: MessageType
@@ -69,6 +74,12 @@ class Message:
     seq: int = 0
     t: float = 0.0  # sender's time.monotonic(); only comparable on one machine
     sender: str = ""  # a random id per Publisher: seq counts within one sender's life
+
+
+def expect_type(msg: Message, expected: MessageType) -> None:
+    """For a payload's from_message: the message is of the type it decodes."""
+    if msg.type != expected:
+        raise ProtocolError(f"type: expected {expected}, got {msg.type}")
 
 
 def encode(msg: Message) -> list[bytes]:
@@ -122,7 +133,7 @@ def decode(frames: list[bytes]) -> Message:
     if frames[0] != str(msg_type).encode():
         raise ProtocolError(f"topic: {frames[0][:64]!r} does not match header.type {str(msg_type)!r}")
     seq, t, fields = header.get("seq"), header.get("t"), header.get("fields", {})
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+    if not is_int(seq) or seq < 0:
         raise ProtocolError(f"header.seq: {seq!r} is not a non-negative integer")
     if not isinstance(t, int | float) or isinstance(t, bool) or not math.isfinite(t):
         raise ProtocolError(f"header.t: {t!r} is not a finite number")

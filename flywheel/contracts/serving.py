@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from flywheel.contracts.protocol import Message, MessageType, ProtocolError
+from flywheel.contracts.protocol import Message, MessageType, ProtocolError, expect_type, is_int
 
 STATE = "state"  # the array of the observation's scalar features, in `state_names` order
 PREFIX = "prefix"  # the array of RTC prefix actions
@@ -30,17 +30,8 @@ IMAGE_DTYPES = ("uint8", "float32")
 MAX_NAME = 256  # characters in an arm, camera or feature name
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _expect_type(msg: Message, expected: MessageType) -> None:
-    if msg.type != expected:
-        raise ProtocolError(f"type: expected {expected}, got {msg.type}")
 
 
 def _name(where: str, value: Any, allow_empty: bool = False) -> str:
@@ -50,7 +41,7 @@ def _name(where: str, value: Any, allow_empty: bool = False) -> str:
 
 
 def _request_id(where: str, value: Any, allow_unknown: bool = False) -> int:
-    if not _is_int(value) or value < (-1 if allow_unknown else 0):
+    if not is_int(value) or value < (-1 if allow_unknown else 0):
         raise ProtocolError(f"{where}: {value!r} is not a non-negative integer")
     return value
 
@@ -104,7 +95,7 @@ class InferenceRequest:
 
     @classmethod
     def from_message(cls, msg: Message) -> InferenceRequest:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f, where = msg.fields, "inference_request.fields"
         arm = _name(f"{where}.arm", f.get("arm"))
         request_id = _request_id(f"{where}.request_id", f.get("request_id"))
@@ -122,7 +113,7 @@ class InferenceRequest:
         if not _is_number(budget) or budget < 0:
             raise ProtocolError(f"{where}.budget_ms: {budget!r} is not a non-negative number")
         delay = f.get("prefix_delay")
-        if delay is not None and (not _is_int(delay) or delay < 0):
+        if delay is not None and (not is_int(delay) or delay < 0):
             raise ProtocolError(f"{where}.prefix_delay: {delay!r} is not a non-negative integer")
 
         arrays = dict(msg.arrays)
@@ -198,15 +189,15 @@ class ActionChunk:
 
     @classmethod
     def from_message(cls, msg: Message) -> ActionChunk:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f, where = msg.fields, "action_chunk.fields"
         request_id = _request_id(f"{where}.request_id", f.get("request_id"))
         version, ms, batch = f.get("version"), f.get("inference_ms"), f.get("batch_size")
-        if not _is_int(version):
+        if not is_int(version):
             raise ProtocolError(f"{where}.version: {version!r} is not an integer")
         if not _is_number(ms) or ms < 0:
             raise ProtocolError(f"{where}.inference_ms: {ms!r} is not a non-negative number")
-        if not _is_int(batch) or batch < 1:
+        if not is_int(batch) or batch < 1:
             raise ProtocolError(f"{where}.batch_size: {batch!r} is not a positive integer")
         chunk = msg.arrays.get("chunk")
         if chunk is None or chunk.dtype != np.float32 or chunk.ndim != 2 or 0 in chunk.shape:
@@ -232,7 +223,7 @@ class InferenceError:
 
     @classmethod
     def from_message(cls, msg: Message) -> InferenceError:
-        _expect_type(msg, cls.TYPE)
+        expect_type(msg, cls.TYPE)
         f = msg.fields
         request_id = _request_id("inference_error.fields.request_id", f.get("request_id"), allow_unknown=True)
         reason = f.get("reason")
