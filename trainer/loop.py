@@ -27,7 +27,6 @@ import contextlib
 import datetime as dt
 import json
 import logging
-import os
 import re
 import shutil
 import signal
@@ -40,6 +39,7 @@ import zmq
 
 from flywheel.contracts.dataset import labels_path, snapshot
 from flywheel.contracts.endpoints import WireConfig
+from flywheel.contracts.files import write_text_atomically
 from flywheel.contracts.messages import DeployRequest, send_deploy
 from flywheel.contracts.registry import ModelRegistry
 from flywheel.policies.pi_star_recap.conditioning import report_conditioning
@@ -181,9 +181,7 @@ _OWNER_WORDS = {"dataset_root": "the dataset", "fleet_inbox": "the fleet inbox"}
 
 def _write_json(path: Path, value) -> None:
     """Whole or not at all: a trainer killed mid-write must not leave a file it cannot read back."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value))
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(value))
 
 
 def trainer_main(cfg: TrainerConfig) -> int:

@@ -41,6 +41,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from flywheel.contracts.files import write_text_atomically
+
 if TYPE_CHECKING:
     import datasets
     from lerobot.datasets.lerobot_dataset import LeRobotDataset, LeRobotDatasetMetadata
@@ -534,11 +536,8 @@ def write_info_with_totals(root: Path, info: dict, episodes: int, frames: int) -
     """meta/info.json at `root`: `info` (another copy's) with the totals of the `episodes` episodes
     (`frames` frames) that `root` holds, written whole or not at all."""
     info = {**info, "total_episodes": episodes, "total_frames": frames, "splits": {"train": f"0:{episodes}"}}
-    path = info_path(root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(info, indent=4))
-    os.replace(tmp, path)
+    info_path(root).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(info_path(root), json.dumps(info, indent=4))
 
 
 def _data_files(episodes: pd.DataFrame) -> list[Path]:

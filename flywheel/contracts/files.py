@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -17,3 +18,12 @@ def unused_path(path: Path) -> Path:
         candidate = path.with_name(f"{path.stem}-{n}{path.suffix}")
         n += 1
     return candidate
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """Whole or not at all: the text goes to a hidden `.<name>.tmp` beside `path`, which then replaces
+    it, so a process killed mid-write never leaves a file that cannot be read back."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -22,6 +21,7 @@ import pandas as pd
 import torch
 
 from flywheel.contracts.dataset import FrameType, labels_path
+from flywheel.contracts.files import write_text_atomically
 from flywheel.policies.recap_value import RecapValueConfig
 from flywheel.recap import advantages as adv
 from flywheel.recap import iql
@@ -314,9 +314,7 @@ def _add_to_labels_file(root: Path, key: str, value) -> None:
     path = labels_path(root)
     report = json.loads(path.read_text())
     report[key] = value
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=float))
-    os.replace(tmp, path)
+    write_text_atomically(path, json.dumps(report, indent=2, default=float))
 
 
 def conditioning_line(entry: dict) -> str:
