@@ -1,4 +1,4 @@
-"""Two arms and one trainer on three network hosts (tests/netns.py), each a real `flywheel` process
+"""Two arms and one trainer on three network hosts (benchmarks/netns.py), each a real `flywheel` process
 tree: `flywheel run --robot sim --trainer_address=...` (daemon, simulated operator and pedal, uplink)
 in each arm's namespace, `flywheel trainer --fleet.bind=...` in the hub's, CurveZMQ between them.
 

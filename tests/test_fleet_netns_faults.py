@@ -1,4 +1,4 @@
-"""Faults of a fleet across real network hosts (tests/netns.py): a hub `trainer` namespace running
+"""Faults of a fleet across real network hosts (benchmarks/netns.py): a hub `trainer` namespace running
 `flywheel trainer --every=0` (it only serves the fleet) and a leaf namespace for the arm's side,
 CurveZMQ between them, each process a real `flywheel` CLI process.
 

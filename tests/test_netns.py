@@ -1,4 +1,4 @@
-"""tests/netns.py: namespaces joined by veth pairs; ZeroMQ across them, isolation, cut, delay, cleanup."""
+"""benchmarks/netns.py: namespaces joined by veths; ZeroMQ across them, isolation, cut, delay, cleanup."""
 
 from __future__ import annotations
 
@@ -12,14 +12,14 @@ import time
 
 import pytest
 
-from tests.netns import (
+from benchmarks.netns import (
     PREFIX,
     DelayUnavailable,
     Topology,
     list_namespaces,
     sweep_stale,
-    topology_factory,
 )
+from tests.netns import topology_factory
 
 pytestmark = pytest.mark.timeout(60)
 
