@@ -112,10 +112,14 @@ def _deploy(cfg: DeployConfig) -> int:
             cfg.timeout_s,
             cfg.wire.security("operator"),
             connect_timeout_s=cfg.connect_timeout_s,
+            server=cfg.wire.deploy_key,
         )
     except ConnectionError as e:
         print(f"flywheel deploy: wire.deploy: {e}; is the rollout daemon running?", file=sys.stderr)
         return 1
+    except FileNotFoundError as e:  # a key named by --wire.keys_dir / --wire.deploy_key is missing
+        print(f"flywheel deploy: {e}", file=sys.stderr)
+        return 2
     except TimeoutError as e:
         print(f"flywheel deploy: {e} (is the rollout daemon running?)", file=sys.stderr)
         return 1

@@ -5,7 +5,9 @@ from __future__ import annotations
 import zmq
 
 from flywheel.cli import main
+from flywheel.contracts import security
 from flywheel.contracts.registry import ModelRegistry
+from flywheel.contracts.security import Security, make_keys
 from flywheel.rollout.hotswap import HotSwap
 from tests.netutil import free_address
 
@@ -46,4 +48,35 @@ def test_a_listening_daemon_passes_the_connect_check(capsys):
         assert "status=rejected" in capsys.readouterr().out  # the daemon's own answer came back
     finally:
         server.stop()
+        ctx.destroy(linger=0)
+
+
+def test_deploy_key_names_the_key_of_a_policy_server(tmp_path, capsys):
+    """With keys, `flywheel deploy` reaches a deploy endpoint that holds the `policy_server` key
+    (`flywheel serve`) when told so, and says which key is missing otherwise."""
+    keys = tmp_path / "keys"
+    make_keys(keys, ("operator", "policy_server"))
+    ctx = zmq.Context()
+    address = free_address()
+    server = HotSwap(
+        ctx,
+        address,
+        load=None,
+        observe=lambda: (None, ""),
+        action_dim=4,
+        current=None,
+        security=Security(keys, "policy_server"),
+    ).start()
+    args = ["deploy", "--rollback", f"--wire.deploy={address}", f"--wire.keys_dir={keys}", "--timeout_s=10"]
+    try:
+        assert main([*args, "--wire.deploy_key=policy_server"]) == 1
+        assert "status=rejected" in capsys.readouterr().out  # the server's own answer came back
+        assert main(args) == 2  # the default key, `daemon`'s, was never made here
+        err = capsys.readouterr().err
+        assert "daemon.key" in err and "Traceback" not in err
+    finally:
+        server.stop()
+        auth = security._authenticators.pop(ctx, None)
+        if auth is not None:
+            auth.stop()
         ctx.destroy(linger=0)

@@ -14,9 +14,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import zmq
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 import trainer.loop
+from flywheel.contracts import security
 from flywheel.contracts.dataset import (
     DataType,
     EpisodeInfo,
@@ -30,8 +32,12 @@ from flywheel.contracts.dataset import (
     read_frame_table,
     save_episode,
 )
+from flywheel.contracts.endpoints import WireConfig
 from flywheel.contracts.registry import ModelRegistry
+from flywheel.contracts.security import Security, make_keys
 from flywheel.recap.source import load_source
+from flywheel.rollout.hotswap import CandidateRejected, HotSwap
+from tests.netutil import free_address
 from tests.recap.synth import CAMERA, Spec, make_dataset
 from tests.recap.synth import LENGTH as SYNTH_LENGTH
 from tests.test_dataset import FEATURES, _frame, tree
@@ -332,6 +338,37 @@ def test_a_fleet_iteration_trains_on_the_union_and_deploys_to_every_arm(tmp_path
 
     _add_episodes(inbox / "arm-a", 1, range(3, 4))
     assert Trainer(cfg).intake.new_episodes() == ["arm-a/3"]  # only the new one, after a restart
+
+
+def test_arms_on_a_policy_server_get_no_deploy_the_server_does(tmp_path):
+    """--fleet.deploy_to_arms=false: the arms only send episodes; the gated version goes to the
+    policy server's deploy endpoint, checked against its `policy_server` key."""
+    keys = tmp_path / "keys"
+    make_keys(keys, ("trainer", "policy_server"))
+    address, offered = free_address(), []
+
+    def load(deployment):  # the server's loader: it saw the version, and refuses it (no model here)
+        offered.append(deployment.version)
+        raise CandidateRejected("test server: not loading")
+
+    ctx = zmq.Context()
+    server = HotSwap(
+        ctx, address, load, lambda: (None, ""), 4, None, security=Security(keys, "policy_server")
+    ).start()
+    wire = WireConfig(deploy=address, deploy_key="policy_server", keys_dir=keys)
+    cfg = _config(tmp_path, _inbox(tmp_path, a=3, b=2), wire=wire, deploy_timeout_s=30)
+    cfg.fleet.deploy_to_arms = False
+    try:
+        Trainer(cfg).run()
+    finally:
+        server.stop()
+        auth = security._authenticators.pop(ctx, None)
+        if auth is not None:
+            auth.stop()
+        ctx.destroy(linger=0)
+    (fleet,) = StubFleet.made
+    assert fleet.calls == ["start", "stop"] and fleet.deployed == []
+    assert offered == [1] == ModelRegistry(cfg.registry).versions()
 
 
 def test_a_restarted_iteration_reuses_its_union(tmp_path):

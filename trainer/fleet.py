@@ -89,6 +89,11 @@ class FleetConfig:
     deploy_timeout_s: float = 600.0
     # An arm not heard from for this long is no longer connected (not waited for by a deploy).
     arm_timeout_s: float = 10.0
+    # Deploy gated versions to the arms (each uplink fetches the weights and hands them to its
+    # daemon). false when the arms' policy runs on a policy server (`flywheel run --policy.server=`):
+    # the trainer then deploys to that server, --wire.deploy=<its deploy address>
+    # --wire.deploy_key=policy_server, and the arms only send episodes.
+    deploy_to_arms: bool = True
 
     def __post_init__(self) -> None:
         if not 0 < self.chunk_bytes <= MAX_ARRAY_BYTES:

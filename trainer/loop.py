@@ -230,7 +230,7 @@ class Trainer:
             self._check_input()  # a dataset the trainer cannot use: say so now, not at the first iteration
         if self.fleet is not None:
             self.fleet.start()  # arms send episodes and fetch weights from now on, --once too
-            if self._acting_version() is not None and cfg.deploy:
+            if self._acting_version() is not None and cfg.deploy and cfg.fleet.deploy_to_arms:
                 # After a restart: the arms act with this one (an arm that connects later fetches it).
                 self.fleet.set_target(self._acting_version())
             log.info("trainer: serving the fleet on %s, inbox %s", cfg.fleet.bind, cfg.fleet.inbox)
@@ -520,7 +520,7 @@ class Trainer:
         return self.intake.state.last_version
 
     def _deploy(self, version: int, folder: Path) -> None:
-        if self.fleet is not None:
+        if self.fleet is not None and self.cfg.fleet.deploy_to_arms:
             self._deploy_to_fleet(version, folder)
             return
         deploy = DeployRequest.of_version(self.registry, version)
@@ -531,6 +531,7 @@ class Trainer:
                 deploy,
                 self.cfg.deploy_timeout_s,
                 self.cfg.wire.security("trainer"),
+                server=self.cfg.wire.deploy_key,
             )
             log.info("deploy v%04d: %s", version, reply.fields())
         except TimeoutError as e:

@@ -20,6 +20,9 @@ class WireConfig:
     teleop_state: str = "tcp://127.0.0.1:5556"
     # The rollout daemon takes deploy / rollback requests here (request/reply).
     deploy: str = "tcp://127.0.0.1:5557"
+    # With keys: the name of the key the process at `deploy` must hold. `daemon` for a rollout daemon;
+    # `policy_server` when the policy runs in `flywheel serve` (point `deploy` at its deploy address).
+    deploy_key: str = "daemon"
     # CurveZMQ keys (made by `flywheel keys`). Without them every socket must bind to loopback;
     # with them, only processes whose public key is in <keys_dir>/public are heard.
     keys_dir: Path | None = None

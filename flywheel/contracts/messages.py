@@ -341,11 +341,19 @@ def send_deploy(
     timeout_s: float,
     security: Security | None = None,
     connect_timeout_s: float | None = None,
+    server: str = "daemon",
 ) -> DeployReply:
-    """One DEPLOY exchange with the daemon (`protocol.request`): TimeoutError when no reply comes,
-    ConnectionError (with `connect_timeout_s`) when nothing accepts the connection, ProtocolError
-    when the reply is malformed."""
+    """One DEPLOY exchange with a daemon or a policy server (`protocol.request`): TimeoutError when
+    no reply comes, ConnectionError (with `connect_timeout_s`) when nothing accepts the connection,
+    ProtocolError when the reply is malformed. `server`: the key it must hold (WireConfig.deploy_key)."""
     reply = _request(
-        ctx, address, request.TYPE, request.fields(), timeout_s, security, connect_timeout_s=connect_timeout_s
+        ctx,
+        address,
+        request.TYPE,
+        request.fields(),
+        timeout_s,
+        security,
+        connect_timeout_s=connect_timeout_s,
+        server=server,
     )
     return DeployReply.from_message(reply)

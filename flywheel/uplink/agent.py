@@ -250,6 +250,7 @@ class Uplink:
                 self.cfg.deploy_timeout_s,
                 security,
                 connect_timeout_s=min(5.0, self.cfg.deploy_timeout_s),
+                server=self.cfg.wire.deploy_key,
             )
         except (TimeoutError, ConnectionError) as e:
             log.warning("uplink: deploy v%04d: the daemon at %s: %s", version, self.cfg.wire.deploy, e)
