@@ -452,7 +452,8 @@ def test_daemon_on_a_served_policy_swaps_holds_through_an_outage_and_resumes(che
         episode_time_s=120.0,
         report_cadence=False,
     )
-    daemon = RolloutDaemon(cfg, link=LocalTeleop(ScriptedOperator(), FramePedal(range(0))))
+    pedal = FramePedal(range(0))
+    daemon = RolloutDaemon(cfg, link=LocalTeleop(ScriptedOperator(), pedal))
     log_ = TickLog()
     runner = threading.Thread(target=daemon.run)
     caplog.set_level(logging.INFO, logger="flywheel.rollout.remote_policy")
@@ -476,6 +477,10 @@ def test_daemon_on_a_served_policy_swaps_holds_through_an_outage_and_resumes(che
         killed_at = time.monotonic()
         kill_frame = log_.ticks[-1][1]
         time.sleep(1.5)  # the arm holds
+        # The operator takes over while the server is down, and hands back before it returns.
+        now = log_.ticks[-1][1]
+        pedal.down = takeover = range(now + 3, now + 18)
+        log_.wait(lambda: log_.ticks[-1][1] > takeover.stop + 2, what="the takeover to end")
         server = ServeProcess(registry.root, 2, address, deploy)
         server.wait_ready()
         restarted_at = time.monotonic()
@@ -498,6 +503,9 @@ def test_daemon_on_a_served_policy_swaps_holds_through_an_outage_and_resumes(che
     assert len(late_policy) <= STEPS and all(f <= kill_frame + STEPS for f in late_policy), late_policy
     held = [x for x in during if x[2] == "hold"]
     assert len(held) >= 30, len(held)  # 1.5 s + the restart, at 30 fps
+    # The pedal works throughout: every frame it was down, the operator's command was sent.
+    operated = [(frame, source) for _, frame, source, _ in log_.ticks if frame in takeover]
+    assert operated == [(frame, "operator") for frame in takeover], operated
     assert daemon.runner.errors >= 1
     # Once per outage, and each outage ends (a loaded machine can add a short one of its own).
     outages = caplog.text.count("not answering; holding")
