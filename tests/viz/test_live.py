@@ -31,7 +31,9 @@ def test_sim_run_recorded_to_rrd_reads_back_value_advantage_and_intervention(tmp
     arm = sim_arm()
     logger = RerunLogger.from_config(cfg, arm.observation_features, list(arm.action_features), hand_value)
     try:
-        seen = drive(logger, arm, frames=60, takeover=TAKEOVER)
+        # 10 ms a tick (a third of a real one) leaves the value thread time to evaluate even on a
+        # loaded machine; unpaced, the 60 ticks took a few ms and it sometimes evaluated < 10 of them.
+        seen = drive(logger, arm, frames=60, takeover=TAKEOVER, on_tick=lambda: time.sleep(0.01))
     finally:
         logger.close()
         arm.disconnect()
