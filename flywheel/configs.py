@@ -65,6 +65,9 @@ class RunConfig:
     trainer_address: str | None = None
     # This arm's name on the trainer (default: the host name).
     arm: str | None = None
+    # The uplink's key pair in --wire.keys_dir. All arms may share `uplink`; one identity per arm
+    # (`flywheel keys --identities=uplink-kitchen`) lets the trainer's keys_dir admit or revoke each.
+    uplink_identity: str = "uplink"
 
     def __post_init__(self):
         if self.trainer and self.trainer_address is not None:
@@ -75,6 +78,11 @@ class RunConfig:
         if self.arm is not None and self.trainer_address is None:
             raise ValueError(
                 f"arm: {self.arm!r} names this arm on a fleet's trainer; give --trainer_address too"
+            )
+        if self.uplink_identity != "uplink" and self.trainer_address is None:
+            raise ValueError(
+                f"uplink_identity: {self.uplink_identity!r} is the uplink's key to a fleet's trainer; "
+                "give --trainer_address too"
             )
 
     def rollout_config(self) -> RolloutConfig:

@@ -69,6 +69,7 @@ def uplink_config(cfg: RunConfig):
         dataset_root=cfg.dataset.root,
         cache=Path(cfg.dataset.root).parent / f"{Path(cfg.dataset.root).name}-uplink-models",
         wire=cfg.wire,
+        identity=cfg.uplink_identity,
         **arm,
     )
 

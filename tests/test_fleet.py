@@ -383,3 +383,15 @@ def test_with_keys_a_client_without_a_known_key_gets_no_answer(tmp_path):
         assert Uplink(uplink_cfg, ctx).poll().next_episode == 0  # the uplink authenticates
     finally:
         server.stop()
+
+
+def test_flywheel_run_gives_its_uplink_the_arm_s_own_key_and_refuses_one_without_a_trainer():
+    from flywheel.configs import RunConfig
+    from flywheel.supervisor import uplink_config as run_uplink_config
+
+    cfg = RunConfig(trainer_address="tcp://127.0.0.1:5560", arm="kitchen", uplink_identity="uplink-kitchen")
+    uplink = run_uplink_config(cfg)
+    assert (uplink.identity, uplink.arm, uplink.trainer) == ("uplink-kitchen", "kitchen", cfg.trainer_address)
+    assert run_uplink_config(RunConfig(trainer_address="tcp://127.0.0.1:5560")).identity == "uplink"
+    with pytest.raises(ValueError, match=r"uplink_identity: 'uplink-kitchen'.*--trainer_address"):
+        RunConfig(uplink_identity="uplink-kitchen")
