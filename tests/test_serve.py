@@ -232,6 +232,65 @@ def test_requests_from_two_arms_are_computed_in_one_batch(checkpoint):
         server.stop()
 
 
+def test_rtc_prefixes_alike_in_delay_and_length_share_one_call_row_for_row(checkpoint):
+    """Each row of a batched RTC call is the chunk its own call gives for the same noise; prefixes of
+    another delay or length go to a call of their own."""
+    policy = local_policy(checkpoint)
+    rng = np.random.default_rng(3)
+    prefixes = [Prefix(rng.uniform(-1, 1, (6, SIM_ACTION_DIM)).astype(np.float32), 2) for _ in range(3)]
+    observations = [observation(20 + i) for i in range(3)]
+    inner = policy.policy
+    noise = torch.randn(3, inner.config.chunk_size, inner.config.max_action_dim)
+    predict = inner.predict_action_chunk
+
+    def with_noise(rows):
+        inner.predict_action_chunk = lambda batch, **kw: predict(batch, noise=noise[rows], **kw)
+
+    try:
+        with_noise(slice(0, 3))
+        together = policy.predict_chunks(observations, ["push"] * 3, prefixes)
+        alone = []
+        for i in range(3):
+            with_noise(slice(i, i + 1))
+            alone.append(policy.predict_chunk(observations[i], "push", prefixes[i]))
+        with_noise(slice(0, 3))
+        unguided = policy.predict_chunks(observations, ["push"] * 3)
+    finally:
+        inner.predict_action_chunk = predict
+    np.testing.assert_allclose(together, np.stack(alone), atol=1e-5)
+    assert np.abs(together - unguided).max() > 1e-3  # the prefixes did guide it
+    with pytest.raises(ValueError, match="one call needs one"):
+        policy.predict_chunks(observations[:2], ["push"] * 2, [prefixes[0], Prefix(prefixes[1].actions, 3)])
+
+    server = start_server(checkpoint, batch_wait_s=0.15, max_batch=4)
+    arms = [
+        RemoteChunkPolicy(server.address, ACTION_NAMES, arm=f"arm{i}", min_timeout_s=SLACK_S)
+        for i in range(3)
+    ]
+    try:
+        arms[0].predict_chunk(observation(0), "warm up")
+        before = dict(server.batch_sizes)
+        go = threading.Barrier(3)
+        delays = [2, 2, 4]  # arm2's delay differs: its own call
+
+        def ask(i):
+            go.wait()
+            arms[i].predict_chunk(observations[i], "push", Prefix(prefixes[i].actions, delays[i]))
+
+        threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        sizes = {n: server.batch_sizes[n] - before.get(n, 0) for n in server.batch_sizes}
+        assert sizes.get(2) == 1 and sizes.get(1) == 1, server.stats()
+        assert [a.last_batch_size for a in arms] == [2, 2, 1]
+    finally:
+        for arm in arms:
+            arm.close()
+        server.stop()
+
+
 def test_malformed_request_is_answered_with_the_field_and_the_server_lives_on(checkpoint):
     server = start_server(checkpoint)
     ctx = zmq.Context.instance()
@@ -263,11 +322,11 @@ def test_a_late_reply_is_discarded_and_an_outage_is_logged_once(checkpoint, capl
     original = server.policy.predict_chunks
     calls = []
 
-    def slow_first(observations, tasks, **kwargs):
+    def slow_first(observations, tasks, prefixes=None):
         calls.append(len(observations))
         if len(calls) == 1:
             time.sleep(0.6)
-        return original(observations, tasks, **kwargs)
+        return original(observations, tasks, prefixes)
 
     server.policy.predict_chunks = slow_first
     remote = RemoteChunkPolicy(server.address, ACTION_NAMES, first_timeout_s=0.2)

@@ -157,15 +157,19 @@ class LeRobotChunkPolicy:
         the postprocessor), padded with zeros or cropped to the chunk size, and passed as
         prev_chunk_left_over with inference_delay = prefix.delay and execution_horizon at most the
         real rows (the padding gets no guidance weight)."""
-        if prefix is None or not self._rtc_ready():
-            return self.predict_chunks([observation], [task])[0]
-        return self._predict([observation], [task], **self._rtc_kwargs(prefix))[0]
+        return self.predict_chunks([observation], [task], None if prefix is None else [prefix])[0]
 
-    def predict_chunks(self, observations: list[dict[str, Any]], tasks: list[str]) -> np.ndarray:
+    def predict_chunks(
+        self, observations: list[dict[str, Any]], tasks: list[str], prefixes: list[Prefix] | None = None
+    ) -> np.ndarray:
         """One policy call for many observations (one row each, with its task): shape (rows, steps,
         action_dim). Each row is built exactly as a single observation is (LeRobot's
-        prepare_observation_for_inference), so a batch of one is what the daemon always ran."""
-        return self._predict(observations, tasks)
+        prepare_observation_for_inference), so a batch of one is what the daemon always ran.
+        `prefixes`, one per row, must share their delay and length: LeRobot's RTC guides a whole call
+        with one inference delay, and its execution horizon is cut to the prefix's length."""
+        if prefixes is None or not self._rtc_ready():
+            return self._predict(observations, tasks)
+        return self._predict(observations, tasks, **self._rtc_kwargs(prefixes))
 
     def _predict(self, observations: list[dict[str, Any]], tasks: list[str], **rtc: Any) -> np.ndarray:
         import torch
@@ -214,21 +218,25 @@ class LeRobotChunkPolicy:
             self._rtc = ready
         return ready
 
-    def _rtc_kwargs(self, prefix: Prefix) -> dict[str, Any]:
+    def _rtc_kwargs(self, prefixes: list[Prefix]) -> dict[str, Any]:
         import torch
         from lerobot.processor import NormalizerProcessorStep, TransitionKey, create_transition
 
+        shapes = {(int(p.delay), len(p.actions)) for p in prefixes}
+        if len(shapes) != 1:
+            raise ValueError(f"prefixes: one call needs one (delay, length), got {sorted(shapes)}")
         chunk_size = int(self.policy.config.chunk_size)
-        actions = torch.as_tensor(np.asarray(prefix.actions, dtype=np.float32))[:chunk_size]
-        rows = actions.shape[0]
+        actions = torch.as_tensor(np.stack([np.asarray(p.actions, dtype=np.float32) for p in prefixes]))
+        actions = actions[:, :chunk_size]
+        rows = actions.shape[1]
         for step in self.preprocess.steps:
             if isinstance(step, NormalizerProcessorStep):
                 actions = step(create_transition(action=actions))[TransitionKey.ACTION]
-        padded = torch.zeros(1, chunk_size, actions.shape[-1])
-        padded[0, :rows] = actions.float().cpu()
+        padded = torch.zeros(len(prefixes), chunk_size, actions.shape[-1])
+        padded[:, :rows] = actions.float().cpu()
         horizon = min(rows, int(self.policy.config.rtc_config.execution_horizon))
         return {
-            "inference_delay": int(prefix.delay),
+            "inference_delay": int(prefixes[0].delay),
             "prev_chunk_left_over": padded.to(self.policy.config.device),
             "execution_horizon": horizon,
         }

@@ -6,10 +6,10 @@ in the socket (those that arrived while the previous batch was computing), keeps
 than its arm's budget, and computes up to `max_batch` of the rest in ONE call of the policy's
 `predict_chunks` (the same `LeRobotChunkPolicy` the daemon runs in-process); the others wait for the
 next round. Requests whose observations differ in layout (feature names, camera shapes) cannot share
-a tensor batch: each layout is its own call; so is each request with an RTC prefix (LeRobot's RTC
-guides a call with one prefix and one delay). Between two rounds it adopts a deployed policy, which
-the deploy endpoint (the daemon's `HotSwap`: the same checks, load and smoke inference on the
-newest observation seen) has validated on a thread of its own.
+a tensor batch: each layout is its own call; requests with an RTC prefix share a call when their
+delays and prefix lengths agree (LeRobot's RTC guides a call with one delay). Between two rounds it
+adopts a deployed policy, which the deploy endpoint (the daemon's `HotSwap`: the same checks, load
+and smoke inference on the newest observation seen) has validated on a thread of its own.
 """
 
 from __future__ import annotations
@@ -279,33 +279,33 @@ class PolicyServer:
 
     @staticmethod
     def _calls(batch: list[_Pending]) -> list[tuple[tuple, list[_Pending]]]:
-        """The policy calls a batch takes: one per observation layout for the requests without an RTC
-        prefix; one per request with a prefix (LeRobot's RTC guides a whole call with one prefix and
-        one inference delay, so two arms' prefixes cannot share a call)."""
-        plain: dict[tuple, list[_Pending]] = {}
-        single: list[tuple[tuple, list[_Pending]]] = []
+        """The policy calls a batch takes: one per observation layout and, for requests with an RTC
+        prefix, per (delay, prefix length): LeRobot's RTC guides a whole call with one inference delay
+        and cuts its horizon to the prefix's length, so only prefixes alike in both share a call."""
+        calls: dict[tuple, list[_Pending]] = {}
         for pending in batch:
-            layout = pending.request.layout()
-            if pending.request.prefix_actions is None:
-                plain.setdefault(layout, []).append(pending)
-            else:
-                single.append((layout, [pending]))
-        return [*plain.items(), *single]
+            request = pending.request
+            rtc = (
+                None
+                if request.prefix_actions is None
+                else (request.prefix_delay, len(request.prefix_actions))
+            )
+            calls.setdefault((request.layout(), rtc), []).append(pending)
+        return [(layout, group) for (layout, _), group in calls.items()]
 
     def _predict(self, policy: LeRobotChunkPolicy, requests: list[InferenceRequest]) -> np.ndarray:
-        """One call: rows without a prefix batched (`predict_chunks`), or one row with its RTC prefix
-        (`predict_chunk`: a policy that cannot chunk in real time ignores it, as in the daemon)."""
+        """One batched call (`predict_chunks`), with the rows' RTC prefixes if they have them (a
+        policy that cannot chunk in real time ignores them, as in the daemon)."""
         import torch
 
         if self.seed is not None:
             torch.manual_seed(self.seed)
-        first = requests[0]
-        if first.prefix_actions is not None:
-            prefix = Prefix(first.prefix_actions, int(first.prefix_delay or 0))
-            chunk = policy.predict_chunk(dict(first.observation), first.task, prefix)
-            return np.asarray(chunk, dtype=np.float32)[None]
         observations = [dict(r.observation) for r in requests]
-        return np.asarray(policy.predict_chunks(observations, [r.task for r in requests]), dtype=np.float32)
+        tasks = [r.task for r in requests]
+        prefixes = None
+        if requests[0].prefix_actions is not None:
+            prefixes = [Prefix(r.prefix_actions, int(r.prefix_delay or 0)) for r in requests]
+        return np.asarray(policy.predict_chunks(observations, tasks, prefixes), dtype=np.float32)
 
     def _features_for(self, layout: tuple) -> dict:
         features = self._features.get(layout)
