@@ -45,6 +45,10 @@ class RunConfig:
     rerun: RerunConfig = field(default_factory=RerunConfig)
     # Teleop publish rate in Hz.
     teleop_fps: int = 60
+    # A leader arm with torque follows the follower while the policy drives, so a takeover starts
+    # aligned (`flywheel teleop --help`, mirror); mirror_max_step bounds the leader's step per tick.
+    mirror: bool = False
+    mirror_max_step: float | None = 5.0
     # Restart a crashed child at most this many times (with exponential backoff).
     max_restarts: int = 3
     # Where the children's resolved configs and logs go. Default: <dataset.root>/../runs/<time>.
@@ -103,7 +107,14 @@ class RunConfig:
         )
 
     def teleop_config(self) -> TeleopProcessConfig:
-        return TeleopProcessConfig(teleop=self.teleop, pedal=self.pedal, wire=self.wire, fps=self.teleop_fps)
+        return TeleopProcessConfig(
+            teleop=self.teleop,
+            pedal=self.pedal,
+            wire=self.wire,
+            fps=self.teleop_fps,
+            mirror=self.mirror,
+            mirror_max_step=self.mirror_max_step,
+        )
 
 
 @dataclass

@@ -4,12 +4,16 @@ them to the rollout daemon as TELEOP_STATE messages (docs/protocol.md).
 It also listens to the daemon's observations: a simulated operator and pedal need them to act, and
 each new observation is answered at once (with its frame number), which lets a daemon running in
 lockstep (fps=0) wait for exactly that answer. Without observations it publishes at `fps`.
+
+With `mirror`, a leader arm with torque follows the follower's observed joints while the pedal is
+up (teleop/mirror.py), so a takeover starts where the follower is.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -20,6 +24,7 @@ from lerobot.teleoperators.utils import make_teleoperator_from_config
 from flywheel.contracts.endpoints import WireConfig
 from flywheel.contracts.messages import Observation, TeleopState
 from flywheel.contracts.protocol import LatestValueSubscriber, MessageType, ProtocolError, Publisher
+from teleop.mirror import LeaderMirror
 from teleop.pedals import ConstantPedalConfig, PedalConfig, make_pedal
 
 log = logging.getLogger(__name__)
@@ -34,6 +39,19 @@ class TeleopProcessConfig:
     wire: WireConfig = field(default_factory=WireConfig)
     # Publish rate in Hz when no observation arrives (keep it at or above the control rate).
     fps: int = 60
+    # Leader arms with torque (SO-100/Koch leaders on a Feetech/Dynamixel bus): while the policy
+    # drives, the leader is driven to follow the follower, so a takeover starts aligned; on pedal
+    # down its torque goes off and the operator moves it; on pedal up torque comes back on and it
+    # follows again. Motors the device holds with torque itself (Koch's gripper trigger) are left alone.
+    mirror: bool = False
+    # In mirror mode, the largest change of the leader's goal per observation, in LeRobot's units of
+    # the leader (SO-100: degrees, gripper 0-100; Koch: -100..100): the leader never snaps to the
+    # follower when the mirror engages far from it. None: no limit.
+    mirror_max_step: float | None = 5.0
+
+    def __post_init__(self):
+        if self.mirror_max_step is not None and self.mirror_max_step <= 0:
+            raise ValueError(f"mirror_max_step: {self.mirror_max_step} must be > 0")
 
 
 def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) -> None:
@@ -43,6 +61,8 @@ def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) ->
         )
     stop = stop or threading.Event()
     teleoperator = make_teleoperator_from_config(cfg.teleop)
+    # Refused before anything connects: mirror mode on a device without a motor bus.
+    mirror = LeaderMirror(teleoperator, cfg.teleop.type, cfg.mirror_max_step) if cfg.mirror else None
     pedal = make_pedal(cfg.pedal or ConstantPedalConfig(pressed=False))
     ctx = zmq.Context.instance()
     new_observation = threading.Event()
@@ -57,6 +77,8 @@ def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) ->
     publisher = Publisher(ctx, cfg.wire.teleop_state, security)
     names = list(teleoperator.action_features)
     teleoperator.connect()
+    if mirror is not None:
+        mirror.start()
     pedal.connect()
     observations.start()
     log.info(
@@ -74,15 +96,21 @@ def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) ->
         while not stop.is_set():
             fresh = new_observation.wait(timeout=1.0 / cfg.fps)
             new_observation.clear()
-            newest = _newest_view(observations) if fresh else None
+            newest, age_s = _newest_view(observations) if fresh else (None, 0.0)
             if newest is not None:
                 view = newest
                 if observing:
                     teleoperator.observe(view)
                     action = teleoperator.get_action()
+            reading = pedal.read(view)
+            if mirror is not None and reading.keys.get("estop", 0) > 0:  # counted since connect
+                mirror.stop()  # the daemon stops and disables the follower's torque: so does the leader
+            if mirror is not None:
+                # Before the device is read: on pedal down the torque is off before the operator's
+                # first action is published, so the operator never fights the servos.
+                mirror.update(reading.pressed, newest, age_s)
             if not observing:
                 action = teleoperator.get_action()
-            reading = pedal.read(view)
             publisher.send(
                 TeleopState(
                     episode=view.episode if view else -1,
@@ -97,15 +125,26 @@ def run_teleop(cfg: TeleopProcessConfig, stop: threading.Event | None = None) ->
         observations.stop()
         publisher.close()
         pedal.disconnect()
+        if mirror is not None and teleoperator.is_connected:
+            _release(mirror)
         teleoperator.disconnect()
 
 
-def _newest_view(observations: LatestValueSubscriber) -> Observation | None:
+def _release(mirror: LeaderMirror) -> None:
+    """Leave the leader limp, whatever ended the loop (LeRobot's disconnect disables torque too)."""
+    try:
+        mirror.release()
+    except Exception:
+        log.exception("mirror: could not turn the leader's torque off")
+
+
+def _newest_view(observations: LatestValueSubscriber) -> tuple[Observation | None, float]:
+    """The newest observation and how long ago it arrived (seconds)."""
     received = observations.latest(MessageType.OBSERVATION)
     if received is None:
-        return None
+        return None, 0.0
     try:
-        return Observation.from_message(received.message)
+        return Observation.from_message(received.message), time.monotonic() - received.received_at
     except ProtocolError as e:
         log.warning("ignored an observation: %s", e)
-        return None
+        return None, 0.0
