@@ -39,6 +39,7 @@ from flywheel.rollout.hotswap import CandidateRejected, Deployment, HotSwap
 from flywheel.rollout.policy_runner import PolicyRunner
 from flywheel.rollout.policy_source import ChunkPolicy, LeRobotChunkPolicy, hold_action, make_chunk_policy
 from flywheel.rollout.recorder import NullRecorder, Recorder, SavedEpisode
+from flywheel.rollout.remote_policy import RemoteChunkPolicy
 from flywheel.rollout.safety import SafetyLayer
 from flywheel.rollout.sinks import EventSink
 from flywheel.rollout.takeover import ControlState, TakeoverMachine
@@ -167,6 +168,8 @@ class RolloutDaemon:
             security=cfg.wire.security("daemon"),
         )
         try:
+            if isinstance(self.policy, RemoteChunkPolicy):
+                self.policy.connect()  # the handshakes run while the robot connects
             self.robot.connect()
             self._last_observation = self.robot.get_observation()
             self._running.set()

@@ -92,6 +92,13 @@ class RemoteChunkPolicy:
         with self._lock:
             return self._exchange(observation, task, prefix)
 
+    def connect(self) -> None:
+        """Open the connection now rather than with the first request: TCP's, ZeroMQ's and CURVE's
+        handshakes take several round trips (1.2 s at 100 ms each way, benchmarks/remote.py), which
+        the first chunk would otherwise wait through, and RTC's latency estimate would count."""
+        with self._lock:
+            self._connect()
+
     def reset(self) -> None:
         """Nothing to reset on the server: each request carries all it needs (a LeRobot policy's
         reset clears only select_action's queue, which chunk inference does not use)."""
