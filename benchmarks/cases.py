@@ -19,6 +19,8 @@ import numpy as np
 import torch
 
 from benchmarks.fixtures import SIM_ACTION_DIM, SIM_STATE_DIM, tiny_sim_checkpoint
+from benchmarks.handover import handover
+from benchmarks.remote import remote_policy
 from flywheel.contracts.dataset import DatasetConfig
 from flywheel.contracts.endpoints import WireConfig
 from flywheel.contracts.messages import DeployRequest
@@ -976,9 +978,13 @@ def rtc_smoothness(work: Path, quick: bool, train_steps: int | None = None) -> d
     """Smoothness of the commanded actions at chunk boundaries with and without real-time chunking:
     the daemon at 30 Hz on the sim, a tiny pi_star_recap (chunk 50) trained a little on smooth sim
     demonstrations, each chunk made to take 0, 1/6 or 1/3 of the chunk's duration (a wrapper that
-    sleeps; '0': inference alone, about a tick), refill_at 25 for all."""
-    from robots.sim import ACTION_NAMES
+    sleeps; '0': inference alone, about a tick), refill_at 25 for all.
 
+    Then the same policy served (`_served_smoothness`): `flywheel serve` in a subprocess, the daemon's
+    remote policy (`--policy.server`) with rtc off and on: `served_*` on loopback (the delay is the
+    server's inference and the round trip), `served_netns<ms>_*` with the daemon in a network
+    namespace and `ms` added each way to its link to the server's namespace (left out, with the reason
+    in `served_netns`, where namespaces cannot be made)."""
     episodes, steps, frames = (4, 400, 150) if quick else (8, 2000, 300)
     steps = train_steps or steps
     start = time.perf_counter()
@@ -998,34 +1004,155 @@ def rtc_smoothness(work: Path, quick: bool, train_steps: int | None = None) -> d
                 episode_time_s=frames / FPS,
                 report_cadence=False,
             )
-            pedal = ConstantPedal(ConstantPedalConfig(pressed=False))
-            daemon = RolloutDaemon(cfg, link=LocalTeleop(SimOperator(SimOperatorConfig()), pedal))
-            slow = _SlowPolicy(daemon.policy, fraction * chunk / FPS)
-            daemon.policy = slow
-            log: list[tuple[int, np.ndarray, int, bool]] = []
-            episode_of: dict[str, int] = {"misses": 0}
-            tick, send = daemon._tick, daemon.robot.send_action
-
-            def timed_tick(episode, frame, task, state, tick=tick, episode_of=episode_of):
-                episode_of["now"] = episode
-                return tick(episode, frame, task, state)
-
-            def sent(action, send=send, log=log, daemon=daemon, episode_of=episode_of):
-                vec = np.array([float(action[n]) for n in ACTION_NAMES])
-                runner = daemon.runner
-                held = runner.misses > episode_of["misses"]
-                episode_of["misses"] = runner.misses
-                log.append((episode_of.get("now", -1), vec, runner.chunks_started, held))
-                return send(action)
-
-            daemon._tick, daemon.robot.send_action = timed_tick, sent
-            daemon.run()
             name = f"{label}_{'rtc' if rtc else 'plain'}"
-            out |= _smoothness([r for r in log if r[0] >= 0], name)
-            out[f"{name}_held_ticks"] = daemon.runner.misses
-            if rtc:
-                out[f"{name}_delay_ticks_mean"] = float(np.mean(slow.delays)) if slow.delays else 0.0
+            out |= _smoothness_run(cfg, name, fraction * chunk / FPS)
+    start = time.perf_counter()
+    out |= _served_smoothness(work, policy_path, quick)
+    out["served_s"] = time.perf_counter() - start
     return out
+
+
+def _smoothness_run(cfg: RolloutConfig, name: str, latency_s: float = 0.0, policy=None) -> dict[str, Any]:
+    """One daemon run of `cfg` (30 Hz, the pedal never pressed: the policy acts every tick), every
+    action sent to the sim logged: `_smoothness` figures named `name`, `<name>_held_ticks` and, with
+    rtc, `<name>_delay_ticks_mean` (the delay each prefixed request carried). Each chunk takes at
+    least `latency_s` (`_SlowPolicy`; 0: as it comes). `policy`: the daemon's ChunkPolicy (default:
+    the one `cfg.policy` makes)."""
+    from robots.sim import ACTION_NAMES
+
+    pedal = ConstantPedal(ConstantPedalConfig(pressed=False))
+    daemon = RolloutDaemon(cfg, policy=policy, link=LocalTeleop(SimOperator(SimOperatorConfig()), pedal))
+    slow = _SlowPolicy(daemon.policy, latency_s)
+    daemon.policy = slow
+    log: list[tuple[int, np.ndarray, int, bool]] = []
+    episode_of: dict[str, int] = {"misses": 0}
+    tick, send = daemon._tick, daemon.robot.send_action
+
+    def timed_tick(episode, frame, task, state):
+        episode_of["now"] = episode
+        return tick(episode, frame, task, state)
+
+    def sent(action):
+        vec = np.array([float(action[n]) for n in ACTION_NAMES])
+        runner = daemon.runner
+        held = runner.misses > episode_of["misses"]
+        episode_of["misses"] = runner.misses
+        log.append((episode_of.get("now", -1), vec, runner.chunks_started, held))
+        return send(action)
+
+    daemon._tick, daemon.robot.send_action = timed_tick, sent
+    daemon.run()
+    out = _smoothness([r for r in log if r[0] >= 0], name)
+    out[f"{name}_held_ticks"] = daemon.runner.misses
+    if cfg.policy.rtc:
+        out[f"{name}_delay_ticks_mean"] = float(np.mean(slow.delays)) if slow.delays else 0.0
+    return out
+
+
+SERVED_NETNS_MS = 100  # added each way between the daemon's namespace and the server's
+
+
+def _served_smoothness(work: Path, policy_path: Path, quick: bool) -> dict[str, Any]:
+    """rtc_smoothness's policy on `flywheel serve` (a subprocess, one torch thread), the daemon's
+    remote policy with rtc off and on: on loopback, then across namespaces with SERVED_NETNS_MS
+    added each way (the daemon in namespace "arm", a script of its own; CurveZMQ, as the server
+    binds off loopback). Figures `served_{plain,rtc}_*` and `served_netns<ms>_{plain,rtc}_*`, each
+    run's also `_rtt_p50_ms` (the remote policy's round trips)."""
+    from benchmarks.remote import _free_loopback, _serve_argv, _Server
+
+    args = {"episodes": 3 if quick else 2, "frames": 150 if quick else 300, "root": str(work / "served")}
+    out: dict[str, Any] = {"served_episodes_per_run": args["episodes"], "served_frames": args["frames"]}
+    address = _free_loopback()
+    server = _Server(_serve_argv(policy_path, address, _free_loopback()), work / "serve-rtc.log")
+    try:
+        server.wait_ready()
+        out |= _served_runs({**args, "address": address, "setting": "served"})
+    finally:
+        server.stop()
+    return out | _served_across_namespaces(work, policy_path, args)
+
+
+def _served_runs(args: dict[str, Any]) -> dict[str, Any]:
+    """The daemon on the server at args["address"] (with args["keys"]: CurveZMQ), rtc off then on.
+    Its remote policy is the one the daemon makes for --policy.server (and --wire.keys_dir), sent a
+    few untimed requests first, so that the server's first (slow) inference is not the first latency
+    in the runner's window, whose p95 is the RTC delay of the next 20 chunks. (The connection's own
+    handshakes, about 1 s at 100 ms each way, the daemon now does when it starts.)"""
+    from flywheel.contracts.security import Security
+    from flywheel.rollout.remote_policy import RemoteChunkPolicy
+    from robots.sim import ACTION_NAMES
+
+    security = Security(Path(args["keys"]), "daemon") if args.get("keys") else None
+    observation = dict.fromkeys(STATE_NAMES, 0.0)
+    out: dict[str, Any] = {}
+    for rtc in (False, True):
+        name = f"{args['setting']}_{'rtc' if rtc else 'plain'}"
+        cfg = RolloutConfig(
+            robot=SimArmConfig(task="push-v3"),
+            policy=PolicySourceConfig(server=args["address"], refill_at=25, rtc=rtc),
+            dataset=DatasetConfig(root=Path(args["root"]) / name, repo_id="bench/rtc", record=False),
+            wire=WireConfig.in_process(f"bench-{name}"),
+            episodes=args["episodes"],
+            fps=FPS,
+            episode_time_s=args["frames"] / FPS,
+            report_cadence=False,
+        )
+        remote = RemoteChunkPolicy(args["address"], list(ACTION_NAMES), fps=FPS, security=security)
+        try:
+            for _ in range(3):
+                remote.predict_chunk(observation, "push the puck to the goal")
+            out |= _smoothness_run(cfg, name, policy=remote)
+            out[f"{name}_rtt_p50_ms"] = remote.rtt_stats().get("p50_ms")
+        finally:
+            remote.close()
+    return out
+
+
+# `_served_runs` inside the daemon's namespace: its figures as one JSON line (benchmarks.remote's mark).
+_SERVED_ARM_SCRIPT = """\
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from benchmarks.cases import _served_runs
+from benchmarks.remote import RESULT_MARK
+print(RESULT_MARK + json.dumps(_served_runs(json.loads(sys.argv[2]))), flush=True)
+"""
+
+
+def _served_across_namespaces(work: Path, policy_path: Path, args: dict[str, Any]) -> dict[str, Any]:
+    import json
+
+    from benchmarks.netns import DelayUnavailable, NetnsError, NetnsUnavailable, Topology
+    from benchmarks.remote import REPO, _run_in, _serve_argv, _Server
+    from flywheel.contracts.security import make_keys
+
+    try:
+        net = Topology(["arm"], hub="gpu")
+    except (NetnsUnavailable, NetnsError) as e:
+        return {"served_netns": f"unavailable: {e}"}
+    server = None
+    try:
+        try:
+            mechanism = net.delay("arm", SERVED_NETNS_MS)
+        except DelayUnavailable as e:
+            return {"served_netns": f"delay unavailable: {e}"}
+        keys = work / "served-keys"
+        make_keys(keys, ("daemon", "policy_server"))
+        host = net.address("gpu")
+        address = f"tcp://{host}:5570"
+        argv = [*_serve_argv(policy_path, address, f"tcp://{host}:5571"), f"--wire.keys_dir={keys}"]
+        server = _Server(argv, work / "serve-rtc-netns.log", net=net)
+        server.wait_ready()
+        script = work / "served_arm.py"
+        script.write_text(_SERVED_ARM_SCRIPT)
+        setting = f"served_netns{SERVED_NETNS_MS}"
+        run_args = {**args, "address": address, "keys": str(keys), "setting": setting}
+        budget = 120 + 2 * (30 + 2 * args["episodes"] * args["frames"] / FPS)
+        argv = [sys.executable, str(script), str(REPO), json.dumps(run_args)]
+        return {"served_netns": f"veth, CurveZMQ, {mechanism}"} | _run_in(net, "arm", argv, budget)
+    finally:
+        if server is not None:
+            server.stop()
+        net.close()
 
 
 CASES = {
@@ -1041,6 +1168,8 @@ CASES = {
     "fleet": fleet,
     "soak": soak,  # long: not in the default list (benchmarks/run.py)
     "rtc_smoothness": rtc_smoothness,
+    "remote_policy": remote_policy,
+    "handover": handover,
 }
 
 

@@ -25,7 +25,7 @@ TARGETS = {
 }
 
 
-ONLY_WHEN_NAMED = ("soak", "rtc_smoothness")
+ONLY_WHEN_NAMED = ("soak", "rtc_smoothness", "remote_policy", "handover")
 
 
 @dataclass
@@ -34,7 +34,9 @@ class BenchConfig:
     quick: bool = False
     # Which cases (default: all): control_loop, hot_swap, select_action, training, recording,
     # lerobot_record_loop, labeling, evaluation, sim_step, fleet. Only when named: soak (about 20
-    # minutes; 1 with --quick) and rtc_smoothness (trains a smooth tiny policy first: 3-19 minutes).
+    # minutes; 1 with --quick), rtc_smoothness (trains a smooth tiny policy first: 4-20 minutes),
+    # remote_policy (a policy server, across network namespaces too: 2-4 minutes) and handover (the
+    # pedal on emulated SO-100 buses: 1-2 minutes).
     cases: list[str] = field(default_factory=lambda: [c for c in CASES if c not in ONLY_WHEN_NAMED])
     # Length of the soak case, when it is named.
     soak_minutes: float = 20.0

@@ -1,8 +1,9 @@
 """The sim and pi_star_recap under stock LeRobot's `lerobot-rollout` console script.
 
 The real script runs in a subprocess (about 10 s each, mostly imports), bounded by a timeout, with
-`--robot.type=sim`, a tiny pi_star_recap checkpoint made here (no hub download) and sync inference;
-docs/sim.md shows the same commands and their output.
+`--robot.type=sim`, a tiny pi_star_recap checkpoint made here (no hub download) and sync inference
+(one run RTC); docs/sim.md shows the same commands and their output (the RTC one: the policy's
+README).
 
 - `--strategy.type=episodic` needs no person: the policy drives every frame, each episode in its own
   scene (the sim hears the strategy's "Recording episode N", as under lerobot-record).
@@ -14,6 +15,9 @@ docs/sim.md shows the same commands and their output.
   labeled by `flywheel label`. While paused, DAgger "holds" the arm by sending the policy's last
   action again each tick (unrecorded), which on the sim (a velocity command) moves the hand on, so
   the pauses here are short (0.2 s).
+- `--inference.type=rtc` (episodic): LeRobot's real-time chunking engine. Its log cannot tell whether
+  the policy used the previous chunk, so a sitecustomize in the child records every
+  `predict_action_chunk` call (arguments, RTCProcessor steps, how close the inpainted rows came).
 
 Flags that matter: `--return_to_initial_position=false` and, for episodic,
 `--strategy.reset_to_initial_position=false`: returning to the initial position sends the robot its
@@ -90,28 +94,33 @@ def _root_logging():
     logging.root.handlers[:] = handlers
 
 
+def _marked_checkpoint(path: Path, marker: list[float]) -> Path:
+    """The tiny random pi_star_recap, its actions unnormalized to `marker` +- a few hundredths."""
+    from safetensors.torch import load_file, save_file
+
+    from benchmarks.fixtures import tiny_sim_checkpoint
+
+    path = tiny_sim_checkpoint(path)
+    (stats_file,) = path.glob("policy_postprocessor_step_*_unnormalizer_processor.safetensors")
+    stats = load_file(stats_file)
+    stats["action.mean"] = torch.tensor(marker, dtype=stats["action.mean"].dtype)
+    stats["action.std"] = torch.full_like(stats["action.std"], 0.01)
+    save_file(stats, stats_file)
+    return path
+
+
 @pytest.fixture(scope="module")
 def policy(tmp_path_factory) -> Path:
     """The tiny random pi_star_recap, its actions unnormalized to MARKER +- a few hundredths: outside
     the sim's [-1, 1] (the sim clips what it is sent, the sim operator's actions are clipped already),
     so each recorded action shows whether the policy produced it, however few frames a loaded
     machine records."""
-    from safetensors.torch import load_file, save_file
-
-    from benchmarks.fixtures import tiny_sim_checkpoint
-
-    path = tiny_sim_checkpoint(tmp_path_factory.mktemp("policy") / "pretrained_model")
-    (stats_file,) = path.glob("policy_postprocessor_step_*_unnormalizer_processor.safetensors")
-    stats = load_file(stats_file)
-    stats["action.mean"] = torch.tensor(MARKER, dtype=stats["action.mean"].dtype)
-    stats["action.std"] = torch.full_like(stats["action.std"], 0.01)
-    save_file(stats, stats_file)
-    return path
+    return _marked_checkpoint(tmp_path_factory.mktemp("policy") / "pretrained_model", MARKER)
 
 
-def _from_policy(actions: np.ndarray) -> np.ndarray:
+def _from_policy(actions: np.ndarray, marker: list[float] = MARKER) -> np.ndarray:
     """Per frame: whether the action is the marked policy's (see `policy`)."""
-    return np.all(np.abs(actions - np.array(MARKER)) < 0.5, axis=1)
+    return np.all(np.abs(actions - np.array(marker)) < 0.5, axis=1)
 
 
 def _dataset(root: Path):
@@ -195,6 +204,168 @@ def test_episodic_rollout_episodes_replay_in_their_own_scenes(episodic):
         finally:
             sim.disconnect()
         np.testing.assert_allclose(np.stack(replayed), states, rtol=0, atol=1e-5)
+
+
+# --- episodic under real-time chunking (--inference.type=rtc) ------------------------------------
+
+# Within the sim's [-1, 1], so the recorded actions are what the sim executed (it clips nothing).
+RTC_MARKER = [0.5, -0.5, 0.5, -0.5]
+RTC_HORIZON = 10
+
+# The child's sitecustomize (on its PYTHONPATH): once the policy's module is imported, it wraps
+# PiStarRECAPPolicy.predict_action_chunk to write one JSON line per call to $RTC_CALLS: the RTC
+# arguments the engine passed, how many times LeRobot's RTCProcessor.denoise_step ran inside the call,
+# and, for a call with a previous chunk, how far the new chunk's first `inference_delay` rows (the
+# inpainted ones, prefix weight 1) are from that chunk: guided, and unguided from the same noise (a
+# second, plain call). Nothing of the product is changed: the console script and the policy run as
+# they are.
+_RTC_SITECUSTOMIZE = """
+import importlib.abc, importlib.machinery, json, os, sys, threading
+
+_MODULE = "flywheel.policies.pi_star_recap.modeling_pi_star_recap"
+_LOCK = threading.Lock()
+_STEPS = threading.local()
+
+
+def _patch(module):
+    import torch
+
+    policy_class, processor_class = module.PiStarRECAPPolicy, module.RTCProcessor
+    predict, denoise_step = policy_class.predict_action_chunk, processor_class.denoise_step
+
+    def counted_denoise_step(self, *args, **kwargs):
+        _STEPS.n = getattr(_STEPS, "n", 0) + 1
+        return denoise_step(self, *args, **kwargs)
+
+    def predict_action_chunk(self, batch, noise=None, inference_delay=None, prev_chunk_left_over=None, **kw):
+        cfg = self.config
+        if noise is None:
+            noise = torch.randn(1, cfg.chunk_size, cfg.max_action_dim)
+        _STEPS.n = 0
+        chunk = predict(self, batch, noise=noise, inference_delay=inference_delay,
+                        prev_chunk_left_over=prev_chunk_left_over, **kw)
+        record = {
+            "delay": inference_delay,
+            "prev_rows": None if prev_chunk_left_over is None else int(prev_chunk_left_over.shape[-2]),
+            "rtc_steps": _STEPS.n,
+            "num_inference_steps": cfg.num_inference_steps,
+            "horizon": None if cfg.rtc_config is None else cfg.rtc_config.execution_horizon,
+        }
+        rows = min(int(inference_delay or 0), record["prev_rows"] or 0)
+        if rows:
+            prev = prev_chunk_left_over.reshape(-1, prev_chunk_left_over.shape[-1])[:rows].float()
+            plain = predict(self, batch, noise=noise)
+            record["guided_error"] = float((chunk[0, :rows].float().cpu() - prev.cpu()).abs().mean())
+            record["plain_error"] = float((plain[0, :rows].float().cpu() - prev.cpu()).abs().mean())
+        with _LOCK, open(os.environ["RTC_CALLS"], "a") as f:
+            f.write(json.dumps(record) + "\\n")
+        return chunk
+
+    processor_class.denoise_step = counted_denoise_step
+    policy_class.predict_action_chunk = predict_action_chunk
+
+
+class _PatchAfterImport(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name != _MODULE:
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is None or spec.loader is None:
+            return None
+        run = spec.loader.exec_module
+
+        def exec_module(module):
+            run(module)
+            _patch(module)
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, _PatchAfterImport())
+"""
+
+
+@pytest.fixture(scope="module")
+def episodic_rtc(tmp_path_factory) -> tuple[Path, str, list[dict]]:
+    import json
+
+    tmp = tmp_path_factory.mktemp("episodic_rtc")
+    checkpoint = _marked_checkpoint(tmp / "policy" / "pretrained_model", RTC_MARKER)
+    root, calls, site = tmp / "dataset", tmp / "calls.jsonl", tmp / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(_RTC_SITECUSTOMIZE)
+    repository = Path(__file__).resolve().parents[1]
+    paths = [str(site), str(repository), ENV.get("PYTHONPATH", "")]
+    env = {**ENV, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "RTC_CALLS": str(calls)}
+    common = [a for a in COMMON if not a.startswith("--inference.")]
+    result = subprocess.run(
+        [
+            str(BIN / "lerobot-rollout"),
+            *common,
+            "--inference.type=rtc",
+            f"--inference.rtc.execution_horizon={RTC_HORIZON}",
+            "--inference.rtc.max_guidance_weight=10.0",
+            f"--policy.path={checkpoint}",
+            "--strategy.type=episodic",
+            "--strategy.reset_to_initial_position=false",
+            "--dataset.repo_id=local/rollout_sim",
+            f"--dataset.root={root}",
+            f"--dataset.num_episodes={EPISODES}",
+            "--dataset.episode_time_s=3",
+            "--dataset.reset_time_s=0",
+        ],
+        cwd=tmp,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-4000:]
+    records = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
+    return root, output, records
+
+
+@pytest.mark.timeout(240)
+def test_episodic_rtc_rollout_records_the_policys_episodes(episodic_rtc):
+    root, output, _ = episodic_rtc
+    assert "RTCInferenceEngine initialized" in output and "RTC inference thread started" in output
+    assert "RTC inference error" not in output and "Fatal error in RTC thread" not in output
+    dataset = _dataset(root)
+    assert dataset.meta.total_episodes == EPISODES
+    frames = _frames(root)
+    # Each episode records from its first chunk on (the engine's queue is empty until then).
+    assert sorted(set(frames.episode_index)) == list(range(EPISODES))
+    actions = np.stack(frames.action)
+    assert np.isfinite(actions).all()
+    assert np.abs(actions).max() <= 1.0  # within the sim's action space: sent as they were recorded
+    assert _from_policy(actions, RTC_MARKER).all()
+
+
+@pytest.mark.timeout(240)
+def test_episodic_rtc_rollout_inpaints_each_chunk_from_the_previous_one(episodic_rtc):
+    """The RTC path was taken, not only configured: the policy got a previous chunk and a delay, its
+    sampling went through LeRobot's RTCProcessor at every Euler step, and the rows it inpainted
+    landed near the previous chunk's (unguided, the same noise lands far from them)."""
+    _, output, records = episodic_rtc
+    # The policy's own warning when it is handed a previous chunk with RTC off (config.rtc_config).
+    assert "rtc_config is off" not in output
+    assert records, "predict_action_chunk was never called"
+    assert {r["horizon"] for r in records} == {RTC_HORIZON}  # --inference.rtc.* reached the policy
+    first = [r for r in records if r["prev_rows"] is None]
+    rtc = [r for r in records if r["prev_rows"] is not None]
+    # Each episode starts from an empty queue: a chunk without a previous one, and no guidance.
+    assert len(first) >= EPISODES and all(r["rtc_steps"] == 0 for r in first)
+    assert len(rtc) >= EPISODES, records  # 3 s episodes, a chunk of 50 refilled at 30 queued
+    for r in rtc:
+        assert r["prev_rows"] == RTC_HORIZON  # the engine pads / cuts the leftover to the horizon
+        assert r["delay"] >= 1  # the measured latency, in ticks
+        assert r["rtc_steps"] == r["num_inference_steps"]  # RTCProcessor.denoise_step on every step
+    guided = np.array([r["guided_error"] for r in rtc])
+    plain = np.array([r["plain_error"] for r in rtc])
+    assert guided.mean() < 0.1 * plain.mean(), (guided, plain)
 
 
 # --- DAgger: typed into a pseudo-terminal -------------------------------------------------------
