@@ -178,6 +178,7 @@ class RolloutDaemon:
             if self.await_deploy_s > 0:
                 self._await_deploy()
             self._wait_for_subscribers()
+            self._wait_for_policy_server()
             saved, attempt = 0, 0
             while not self._stop_requested and (cfg.episodes == 0 or saved < cfg.episodes):
                 # Every attempt gets its own number (a re-recorded one too), so nothing from a
@@ -230,6 +231,17 @@ class RolloutDaemon:
                 "no teleop process heard after %.0f s: starting without takeovers", self.cfg.teleop_wait_s
             )
         time.sleep(0.3)  # the teleop process's own subscription to our observations
+
+    def _wait_for_policy_server(self) -> None:
+        """A remote policy: the first episode starts once its connection is up (bounded), so that its
+        first chunk, and RTC's latency estimate, do not carry the connection's handshakes."""
+        remote = self.policy if isinstance(self.policy, RemoteChunkPolicy) else None
+        if remote is not None and not remote.connect(wait_s=remote.first_timeout_s):
+            log.warning(
+                "policy server %s: no connection after %.0f s; starting (the arm holds until it answers)",
+                remote.address,
+                remote.first_timeout_s,
+            )
 
     def _await_deploy(self) -> None:
         """Before the first episode: wait until a deployed version is validated and waiting in the

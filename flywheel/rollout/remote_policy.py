@@ -92,12 +92,15 @@ class RemoteChunkPolicy:
         with self._lock:
             return self._exchange(observation, task, prefix)
 
-    def connect(self) -> None:
+    def connect(self, wait_s: float = 0.0) -> bool:
         """Open the connection now rather than with the first request: TCP's, ZeroMQ's and CURVE's
         handshakes take several round trips (1.2 s at 100 ms each way, benchmarks/remote.py), which
-        the first chunk would otherwise wait through, and RTC's latency estimate would count."""
+        the first chunk would otherwise wait through, and RTC's latency estimate would count. With
+        `wait_s`, wait up to that long for the handshakes to complete; True once they have."""
         with self._lock:
-            self._connect()
+            socket = self._connect()
+            # IMMEDIATE: the socket is writable only once a connection is established and greeted.
+            return bool(socket.poll(timeout=int(wait_s * 1000), flags=zmq.POLLOUT))
 
     def reset(self) -> None:
         """Nothing to reset on the server: each request carries all it needs (a LeRobot policy's
