@@ -20,7 +20,7 @@ import torch
 
 from benchmarks.fixtures import SIM_ACTION_DIM, SIM_STATE_DIM, tiny_sim_checkpoint
 from benchmarks.handover import handover
-from benchmarks.remote import remote_policy
+from benchmarks.remote import free_loopback, remote_policy
 from flywheel.contracts.dataset import DatasetConfig
 from flywheel.contracts.endpoints import WireConfig
 from flywheel.contracts.messages import DeployRequest
@@ -618,14 +618,6 @@ sys.exit(uplink_main(UplinkConfig(wire=wire, **args)))
 """
 
 
-def _loopback() -> str:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"tcp://127.0.0.1:{s.getsockname()[1]}"
-
-
 def _random_safetensors(path: Path, nbytes: int, seed: int, tensor_bytes: int = 512 << 20) -> str:
     """A valid safetensors file of about `nbytes`: 1-D bf16 tensors of at most `tensor_bytes`, random
     bits with the top exponent bit cleared (every value finite, |x| < 2), written block by block;
@@ -756,11 +748,11 @@ def fleet(work: Path, quick: bool) -> dict[str, Any]:
     registry = ModelRegistry(work / "models")
     arrived: dict[int, float] = {}
     server = FleetServer(
-        FleetConfig(bind=_loopback(), inbox=work / "inbox"),
+        FleetConfig(bind=free_loopback(), inbox=work / "inbox"),
         registry.root,
         on_episode=lambda a, i: arrived.setdefault(i, time.monotonic()),
     ).start()
-    deploy_address = _loopback()
+    deploy_address = free_loopback()
     daemon = _CheckingDaemon(deploy_address)
     events, log = work / "uplink-events.jsonl", work / "uplink.log"
     args = {
@@ -1058,12 +1050,12 @@ def _served_smoothness(work: Path, policy_path: Path, quick: bool) -> dict[str, 
     added each way (the daemon in namespace "arm", a script of its own; CurveZMQ, as the server
     binds off loopback). Figures `served_{plain,rtc}_*` and `served_netns<ms>_{plain,rtc}_*`, each
     run's also `_rtt_p50_ms` (the remote policy's round trips)."""
-    from benchmarks.remote import _free_loopback, _serve_argv, _Server
+    from benchmarks.remote import ServeProcess, free_loopback, serve_argv
 
     args = {"episodes": 3 if quick else 2, "frames": 150 if quick else 300, "root": str(work / "served")}
     out: dict[str, Any] = {"served_episodes_per_run": args["episodes"], "served_frames": args["frames"]}
-    address = _free_loopback()
-    server = _Server(_serve_argv(policy_path, address, _free_loopback()), work / "serve-rtc.log")
+    address = free_loopback()
+    server = ServeProcess(serve_argv(policy_path, address, free_loopback()), work / "serve-rtc.log")
     try:
         server.wait_ready()
         out |= _served_runs({**args, "address": address, "setting": "served"})
@@ -1122,7 +1114,7 @@ def _served_across_namespaces(work: Path, policy_path: Path, args: dict[str, Any
     import json
 
     from benchmarks.netns import DelayUnavailable, NetnsError, NetnsUnavailable, Topology
-    from benchmarks.remote import REPO, _run_in, _serve_argv, _Server
+    from benchmarks.remote import REPO, ServeProcess, run_in_host, serve_argv
     from flywheel.contracts.security import make_keys
 
     try:
@@ -1139,8 +1131,8 @@ def _served_across_namespaces(work: Path, policy_path: Path, args: dict[str, Any
         make_keys(keys, ("daemon", "policy_server"))
         host = net.address("gpu")
         address = f"tcp://{host}:5570"
-        argv = [*_serve_argv(policy_path, address, f"tcp://{host}:5571"), f"--wire.keys_dir={keys}"]
-        server = _Server(argv, work / "serve-rtc-netns.log", net=net)
+        argv = [*serve_argv(policy_path, address, f"tcp://{host}:5571"), f"--wire.keys_dir={keys}"]
+        server = ServeProcess(argv, work / "serve-rtc-netns.log", net=net)
         server.wait_ready()
         script = work / "served_arm.py"
         script.write_text(_SERVED_ARM_SCRIPT)
@@ -1148,7 +1140,7 @@ def _served_across_namespaces(work: Path, policy_path: Path, args: dict[str, Any
         run_args = {**args, "address": address, "keys": str(keys), "setting": setting}
         budget = 120 + 2 * (30 + 2 * args["episodes"] * args["frames"] / FPS)
         argv = [sys.executable, str(script), str(REPO), json.dumps(run_args)]
-        return {"served_netns": f"veth, CurveZMQ, {mechanism}"} | _run_in(net, "arm", argv, budget)
+        return {"served_netns": f"veth, CurveZMQ, {mechanism}"} | run_in_host(net, "arm", argv, budget)
     finally:
         if server is not None:
             server.stop()

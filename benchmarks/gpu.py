@@ -418,20 +418,6 @@ def _process_gpu_mib(pid: int) -> float | None:
     return None
 
 
-def _serve_argv(checkpoint: Path, address: str, deploy: str, device: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "flywheel.cli",
-        "serve",
-        f"--policy.path={checkpoint}",
-        f"--wire.address={address}",
-        f"--wire.deploy={deploy}",
-        f"--policy.device={device}",
-        "--stats_every_s=0",
-    ]
-
-
 def run_served(checkpoint: Path, cfg: GpuBenchConfig, report: Report) -> None:
     """The checkpoint in this process (the server's inference path), then through `flywheel serve`."""
     from flywheel.contracts.dataset import dataset_features
@@ -461,16 +447,16 @@ def run_served(checkpoint: Path, cfg: GpuBenchConfig, report: Report) -> None:
 
 def _through_server(checkpoint: Path, observation: dict, cfg: GpuBenchConfig) -> dict[str, Any]:
     """`flywheel serve` in a process of its own on two free loopback ports, stopped however this ends."""
-    from benchmarks.remote import _free_loopback, _Server
+    from benchmarks.remote import ServeProcess, free_loopback, serve_argv
 
     figures: dict[str, Any] = {}
     gpu = cfg.device.startswith("cuda")
     used_before = _gpu_used_mib() if gpu else None
-    address, deploy = _free_loopback(), _free_loopback()
+    address, deploy = free_loopback(), free_loopback()
     with tempfile.TemporaryDirectory() as tmp:
         log = Path(tmp) / "serve.log"
         start = time.perf_counter()
-        server = _Server(_serve_argv(checkpoint, address, deploy, cfg.device), log)
+        server = ServeProcess(serve_argv(checkpoint, address, deploy, cfg.device, torch_threads=0), log)
         try:
             server.wait_ready(cfg.served_start_timeout_s)  # on failure it stops it, the log's tail raised
             figures["server_start_s"] = time.perf_counter() - start

@@ -498,7 +498,7 @@ class Topology:
         with contextlib.suppress(Exception):
             atexit.unregister(self.close)
         for proc in self._procs:
-            _stop(proc)
+            stop_process(proc)
         for leaf in list(self._relays):
             with contextlib.suppress(Exception):
                 self._remove_relay(leaf)
@@ -522,7 +522,7 @@ class Topology:
         return f"Topology(tag={self.tag!r}, hub={self.hub!r}, leaves={self.leaves!r})"
 
 
-def _stop(proc: subprocess.Popen, grace: float = 2.0) -> None:
+def stop_process(proc: subprocess.Popen, grace: float = 2.0) -> None:
     """SIGTERM the process group, SIGKILL after `grace` seconds."""
     if proc.poll() is None:
         with contextlib.suppress(OSError):

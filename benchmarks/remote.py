@@ -35,7 +35,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -48,6 +47,7 @@ import numpy as np
 import torch
 
 from benchmarks.fixtures import tiny_sim_checkpoint
+from benchmarks.netns import stop_process
 from flywheel.contracts.dataset import DatasetConfig, dataset_features
 from flywheel.contracts.endpoints import WireConfig
 from flywheel.contracts.security import Security, make_keys
@@ -107,8 +107,8 @@ def remote_policy(work: Path, quick: bool) -> dict[str, Any]:
         out |= _summary(_time_requests(local.predict_chunk, n), "latency_inprocess")
         del local
 
-        address, deploy = _free_loopback(), _free_loopback()
-        server = _Server(_serve_argv(checkpoint, address, deploy), work / "serve-loopback.log")
+        address, deploy = free_loopback(), free_loopback()
+        server = ServeProcess(serve_argv(checkpoint, address, deploy), work / "serve-loopback.log")
         try:
             server.wait_ready()
             remote = RemoteChunkPolicy(address, list(ACTION_NAMES), fps=0, arm="bench-latency")
@@ -323,8 +323,8 @@ def _across_namespaces(work: Path, checkpoint: Path, n: int, episodes: int, fram
         make_keys(keys, ("daemon", "policy_server"))
         host = net.address("gpu")
         address = f"tcp://{host}:5570"
-        argv = [*_serve_argv(checkpoint, address, f"tcp://{host}:5571"), f"--wire.keys_dir={keys}"]
-        server = _Server(argv, work / "serve-netns.log", net=net)
+        argv = [*serve_argv(checkpoint, address, f"tcp://{host}:5571"), f"--wire.keys_dir={keys}"]
+        server = ServeProcess(argv, work / "serve-netns.log", net=net)
         try:
             server.wait_ready()
         except RuntimeError as e:
@@ -352,7 +352,9 @@ def _across_namespaces(work: Path, checkpoint: Path, n: int, episodes: int, fram
             runs = len(args["daemon"])
             budget = 120 + n * (0.5 + 2 * ms / 1000) + runs * (60 + 2 * episodes * frames / FPS)
             try:
-                out |= _run_in(net, "arm", [sys.executable, str(script), str(REPO), json.dumps(args)], budget)
+                out |= run_in_host(
+                    net, "arm", [sys.executable, str(script), str(REPO), json.dumps(args)], budget
+                )
             except RuntimeError as e:  # the other settings' figures still count; this one says why not
                 out[f"netns{ms}_error"] = str(e)[-1000:]
     finally:
@@ -362,7 +364,7 @@ def _across_namespaces(work: Path, checkpoint: Path, n: int, episodes: int, fram
     return out
 
 
-def _run_in(net, host: str, argv: list[str], timeout_s: float) -> dict[str, Any]:
+def run_in_host(net, host: str, argv: list[str], timeout_s: float) -> dict[str, Any]:
     """Run argv inside `host` (bounded), return the JSON of its result line; its stderr goes to a log."""
     proc = net.run(
         host, argv, cwd=REPO, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -370,7 +372,7 @@ def _run_in(net, host: str, argv: list[str], timeout_s: float) -> dict[str, Any]
     try:
         stdout, stderr = proc.communicate(timeout=timeout_s)
     except subprocess.TimeoutExpired:
-        _stop(proc)
+        stop_process(proc, grace=5.0)
         raise RuntimeError(f"benchmark: the arm script ran past {timeout_s:.0f} s") from None
     lines = [line for line in stdout.splitlines() if line.startswith(RESULT_MARK)]
     if proc.returncode != 0 or not lines:
@@ -386,7 +388,10 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{path}" if path else str(REPO)}
 
 
-def _serve_argv(checkpoint: Path, address: str, deploy: str) -> list[str]:
+def serve_argv(
+    checkpoint: Path, address: str, deploy: str, device: str = "cpu", torch_threads: int = 1
+) -> list[str]:
+    """`flywheel serve` of one checkpoint (torch_threads 0: torch's default)."""
     return [
         sys.executable,
         "-m",
@@ -395,18 +400,19 @@ def _serve_argv(checkpoint: Path, address: str, deploy: str) -> list[str]:
         f"--policy.path={checkpoint}",
         f"--wire.address={address}",
         f"--wire.deploy={deploy}",
-        "--policy.device=cpu",
-        "--policy.torch_threads=1",
+        f"--policy.device={device}",
+        f"--policy.torch_threads={torch_threads}",
+        "--stats_every_s=0",
     ]
 
 
-def _free_loopback() -> str:
+def free_loopback() -> str:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return f"tcp://127.0.0.1:{s.getsockname()[1]}"
 
 
-class _Server:
+class ServeProcess:
     """`flywheel serve` in a subprocess (inside a namespace with `net`); its log goes to `log`."""
 
     def __init__(self, argv: list[str], log: Path, net=None):
@@ -437,21 +443,7 @@ class _Server:
                 )
 
     def stop(self) -> None:
-        _stop(self.proc)
+        stop_process(self.proc, grace=5.0)
         self._reader.join(5)
         with contextlib.suppress(Exception):
             self._file.close()
-
-
-def _stop(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """SIGTERM its process group, SIGKILL after `grace` seconds."""
-    if proc.poll() is None:
-        with contextlib.suppress(OSError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(OSError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(grace)
