@@ -5,11 +5,10 @@ from __future__ import annotations
 import zmq
 
 from flywheel.cli import main
-from flywheel.contracts import security
 from flywheel.contracts.registry import ModelRegistry
 from flywheel.contracts.security import Security, make_keys
 from flywheel.rollout.hotswap import HotSwap
-from tests.netutil import free_address
+from tests.netutil import destroy_keyed_context, free_address
 
 
 def _registry_with_one_version(tmp_path) -> ModelRegistry:
@@ -76,7 +75,4 @@ def test_deploy_key_names_the_key_of_a_policy_server(tmp_path, capsys):
         assert "daemon.key" in err and "Traceback" not in err
     finally:
         server.stop()
-        auth = security._authenticators.pop(ctx, None)
-        if auth is not None:
-            auth.stop()
-        ctx.destroy(linger=0)
+        destroy_keyed_context(ctx)

@@ -18,7 +18,6 @@ import zmq
 from lerobot.datasets.lerobot_dataset import LeRobotDataset
 
 import trainer.loop
-from flywheel.contracts import security
 from flywheel.contracts.dataset import (
     DataType,
     EpisodeInfo,
@@ -37,7 +36,7 @@ from flywheel.contracts.registry import ModelRegistry
 from flywheel.contracts.security import Security, make_keys
 from flywheel.recap.source import load_source
 from flywheel.rollout.hotswap import CandidateRejected, HotSwap
-from tests.netutil import free_address
+from tests.netutil import destroy_keyed_context, free_address
 from tests.recap.synth import CAMERA, Spec, make_dataset
 from tests.recap.synth import LENGTH as SYNTH_LENGTH
 from tests.test_dataset import FEATURES, _frame, tree
@@ -362,10 +361,7 @@ def test_arms_on_a_policy_server_get_no_deploy_the_server_does(tmp_path):
         Trainer(cfg).run()
     finally:
         server.stop()
-        auth = security._authenticators.pop(ctx, None)
-        if auth is not None:
-            auth.stop()
-        ctx.destroy(linger=0)
+        destroy_keyed_context(ctx)
     (fleet,) = StubFleet.made
     assert fleet.calls == ["start", "stop"] and fleet.deployed == []
     assert offered == [1] == ModelRegistry(cfg.registry).versions()

@@ -19,7 +19,6 @@ import torch
 import zmq
 
 from benchmarks.fixtures import SIM_ACTION_DIM, SIM_STATE_DIM, tiny_sim_checkpoint
-from flywheel.contracts import security
 from flywheel.contracts.dataset import DatasetConfig, dataset_features
 from flywheel.contracts.endpoints import WireConfig
 from flywheel.contracts.messages import DeployReply, DeployRequest, send_deploy
@@ -36,7 +35,7 @@ from flywheel.rollout.teleop_link import LocalTeleop
 from flywheel.serve.config import ServeConfig, ServedPolicyConfig
 from flywheel.serve.server import PolicyServer
 from robots.sim import SimArmConfig
-from tests.netutil import free_address
+from tests.netutil import destroy_keyed_context, free_address
 from tests.test_rollout import FramePedal, ScriptedOperator
 
 STEPS = 10  # the tiny checkpoints' chunk length
@@ -392,10 +391,7 @@ def test_with_keys_only_known_arms_are_answered(checkpoint, tmp_path):
         known.close()
         outsider.close()
         server.stop()
-        auth = security._authenticators.pop(ctx, None)  # this context's ZAP thread, then the context
-        if auth is not None:
-            auth.stop()
-        ctx.destroy(linger=0)
+        destroy_keyed_context(ctx)
 
 
 def test_deploy_endpoint_on_the_server_validates_swaps_and_rolls_back(checkpoint, tmp_path):
