@@ -137,14 +137,17 @@ def _frames(root: Path) -> pd.DataFrame:
 # --- episodic: the policy drives, nobody needed -------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def episodic(policy, tmp_path_factory) -> tuple[Path, str]:
-    tmp = tmp_path_factory.mktemp("episodic")
-    root = tmp / "dataset"
+def _episodic_rollout(
+    cwd: Path, policy: Path, root: Path, inference: list[str] | None = None, env: dict = ENV
+) -> str:
+    """`lerobot-rollout --strategy.type=episodic` recording EPISODES episodes at `root`; `inference`
+    replaces the sync inference flags. Its output, once it has exited 0."""
+    common = COMMON if inference is None else [a for a in COMMON if not a.startswith("--inference.")]
     result = subprocess.run(
         [
             str(BIN / "lerobot-rollout"),
-            *COMMON,
+            *common,
+            *(inference or []),
             f"--policy.path={policy}",
             "--strategy.type=episodic",
             "--strategy.reset_to_initial_position=false",
@@ -155,8 +158,8 @@ def episodic(policy, tmp_path_factory) -> tuple[Path, str]:
             "--dataset.episode_time_s=3",
             "--dataset.reset_time_s=0",
         ],
-        cwd=tmp,
-        env=ENV,
+        cwd=cwd,
+        env=env,
         stdin=subprocess.DEVNULL,  # no terminal: the strategy's keyboard controls stay off
         capture_output=True,
         text=True,
@@ -164,7 +167,14 @@ def episodic(policy, tmp_path_factory) -> tuple[Path, str]:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    return root, output
+    return output
+
+
+@pytest.fixture(scope="module")
+def episodic(policy, tmp_path_factory) -> tuple[Path, str]:
+    tmp = tmp_path_factory.mktemp("episodic")
+    root = tmp / "dataset"
+    return root, _episodic_rollout(tmp, policy, root)
 
 
 def test_episodic_rollout_records_the_policys_episodes(episodic):
@@ -298,32 +308,12 @@ def episodic_rtc(tmp_path_factory) -> tuple[Path, str, list[dict]]:
     repository = Path(__file__).resolve().parents[1]
     paths = [str(site), str(repository), ENV.get("PYTHONPATH", "")]
     env = {**ENV, "PYTHONPATH": os.pathsep.join(p for p in paths if p), "RTC_CALLS": str(calls)}
-    common = [a for a in COMMON if not a.startswith("--inference.")]
-    result = subprocess.run(
-        [
-            str(BIN / "lerobot-rollout"),
-            *common,
-            "--inference.type=rtc",
-            f"--inference.rtc.execution_horizon={RTC_HORIZON}",
-            "--inference.rtc.max_guidance_weight=10.0",
-            f"--policy.path={checkpoint}",
-            "--strategy.type=episodic",
-            "--strategy.reset_to_initial_position=false",
-            "--dataset.repo_id=local/rollout_sim",
-            f"--dataset.root={root}",
-            f"--dataset.num_episodes={EPISODES}",
-            "--dataset.episode_time_s=3",
-            "--dataset.reset_time_s=0",
-        ],
-        cwd=tmp,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
+    rtc = [
+        "--inference.type=rtc",
+        f"--inference.rtc.execution_horizon={RTC_HORIZON}",
+        "--inference.rtc.max_guidance_weight=10.0",
+    ]
+    output = _episodic_rollout(tmp, checkpoint, root, rtc, env)
     records = [json.loads(line) for line in calls.read_text().splitlines()] if calls.exists() else []
     return root, output, records
 
