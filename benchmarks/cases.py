@@ -1114,8 +1114,7 @@ def _served_across_namespaces(work: Path, policy_path: Path, args: dict[str, Any
     import json
 
     from benchmarks.netns import DelayUnavailable, NetnsError, NetnsUnavailable, Topology
-    from benchmarks.remote import REPO, ServeProcess, run_in_host, serve_argv
-    from flywheel.contracts.security import make_keys
+    from benchmarks.remote import REPO, ServeProcess, run_in_host
 
     try:
         net = Topology(["arm"], hub="gpu")
@@ -1128,12 +1127,9 @@ def _served_across_namespaces(work: Path, policy_path: Path, args: dict[str, Any
         except DelayUnavailable as e:
             return {"served_netns": f"delay unavailable: {e}"}
         keys = work / "served-keys"
-        make_keys(keys, ("daemon", "policy_server"))
-        host = net.address("gpu")
-        address = f"tcp://{host}:5570"
-        argv = [*serve_argv(policy_path, address, f"tcp://{host}:5571"), f"--wire.keys_dir={keys}"]
-        server = ServeProcess(argv, work / "serve-rtc-netns.log", net=net)
+        server = ServeProcess.in_namespace(net, policy_path, keys, work / "serve-rtc-netns.log")
         server.wait_ready()
+        address = server.address
         script = work / "served_arm.py"
         script.write_text(_SERVED_ARM_SCRIPT)
         setting = f"served_netns{SERVED_NETNS_MS}"

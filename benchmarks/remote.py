@@ -320,11 +320,8 @@ def _across_namespaces(work: Path, checkpoint: Path, n: int, episodes: int, fram
     server = None
     try:
         keys = work / "keys"
-        make_keys(keys, ("daemon", "policy_server"))
-        host = net.address("gpu")
-        address = f"tcp://{host}:5570"
-        argv = [*serve_argv(checkpoint, address, f"tcp://{host}:5571"), f"--wire.keys_dir={keys}"]
-        server = ServeProcess(argv, work / "serve-netns.log", net=net)
+        server = ServeProcess.in_namespace(net, checkpoint, keys, work / "serve-netns.log")
+        address = server.address
         try:
             server.wait_ready()
         except RuntimeError as e:
@@ -415,8 +412,8 @@ def free_loopback() -> str:
 class ServeProcess:
     """`flywheel serve` in a subprocess (inside a namespace with `net`); its log goes to `log`."""
 
-    def __init__(self, argv: list[str], log: Path, net=None):
-        self.log = log
+    def __init__(self, argv: list[str], log: Path, net=None, address: str | None = None):
+        self.log, self.address = log, address
         self._file = open(log, "w")  # noqa: SIM115 (closed by stop)
         kwargs: dict[str, Any] = {"cwd": REPO, "env": _env(), "stderr": subprocess.PIPE, "text": True}
         if net is None:
@@ -426,6 +423,16 @@ class ServeProcess:
         self.ready = threading.Event()
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
+
+    @classmethod
+    def in_namespace(cls, net, checkpoint: Path, keys: Path, log: Path) -> ServeProcess:
+        """`flywheel serve` of `checkpoint` in namespace "gpu", bound to its veth address with CurveZMQ
+        keys made in `keys` (daemon, policy_server); `address` is where the arm connects."""
+        make_keys(keys, ("daemon", "policy_server"))
+        host = net.address("gpu")
+        address = f"tcp://{host}:5570"
+        argv = [*serve_argv(checkpoint, address, f"tcp://{host}:5571"), f"--wire.keys_dir={keys}"]
+        return cls(argv, log, net=net, address=address)
 
     def _drain(self) -> None:
         for line in self.proc.stderr:
