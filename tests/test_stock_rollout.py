@@ -56,8 +56,8 @@ from flywheel.contracts.dataset import (
     episode_files,
     read_episode_table,
 )
-from robots.sim import SimArm, SimArmConfig
 from robots.sim.tasks import ACTION_NAMES, STATE_NAMES
+from tests.test_stock_tools import replay_in_scene
 
 BIN = Path(sys.executable).parent
 # No X display: pynput could not capture keys anyway, and lerobot then reads the terminal instead.
@@ -203,17 +203,8 @@ def test_episodic_rollout_episodes_replay_in_their_own_scenes(episodic):
         states, actions = np.stack(rows["observation.state"]), np.stack(rows.action)
         # The recorded actions are what drove the arm: sent again in the episode's scene, from its
         # first state, they give the recorded states again, frame by frame.
-        sim = SimArm(SimArmConfig(task=TASK_NAME, seed=SEED, episode=episode, id="test-rollout-replay"))
-        sim.connect()
-        try:
-            sim.follow_stock_episode(None)
-            replayed = []
-            for action in actions:
-                replayed.append(sim.state_vector())
-                sim.send_action(dict(zip(ACTION_NAMES, action.tolist(), strict=True)))
-        finally:
-            sim.disconnect()
-        np.testing.assert_allclose(np.stack(replayed), states, rtol=0, atol=1e-5)
+        replayed, _ = replay_in_scene(TASK_NAME, SEED, episode, actions)
+        np.testing.assert_allclose(replayed, states, rtol=0, atol=1e-5)
 
 
 # --- episodic under real-time chunking (--inference.type=rtc) ------------------------------------

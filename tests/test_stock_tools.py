@@ -68,6 +68,22 @@ def _dataset(root: Path):
     return LeRobotDataset(REPO_ID, root=root)
 
 
+def replay_in_scene(task: str, seed: int, episode: int, actions: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Send a recorded episode's actions again in its own scene (the sim arm's `seed`, `episode`),
+    from its first state: the state before each action, and whether the task ended solved."""
+    sim = SimArm(SimArmConfig(task=task, seed=seed, episode=episode, id="test-stock-replay"))
+    sim.connect()
+    try:
+        sim.follow_stock_episode(None)
+        replayed = []
+        for action in actions:
+            replayed.append(sim.state_vector())
+            sim.send_action(dict(zip(ACTION_NAMES, action.tolist(), strict=True)))
+        return np.stack(replayed), sim.task_success()
+    finally:
+        sim.disconnect()
+
+
 def _episode(dataset, index: int) -> tuple[np.ndarray, np.ndarray]:
     """(states, actions) of one episode, frame by frame."""
     frames = [frame for frame in (dataset[i] for i in range(len(dataset))) if frame["episode_index"] == index]
@@ -115,18 +131,8 @@ def test_replay_drives_the_recorded_episode_again(recorded, tmp_path):
     root, _ = recorded
     states, actions = _episode(_dataset(root), 1)
     # The recording is reproducible: its actions, sent in its scene, give its states again.
-    sim = SimArm(SimArmConfig(task="push-v3", seed=SEED, episode=1, id="test-stock-replay"))
-    sim.connect()
-    try:
-        sim.follow_stock_episode(None)
-        replayed = []
-        for action in actions:
-            replayed.append(sim.state_vector())
-            sim.send_action(dict(zip(ACTION_NAMES, action.tolist(), strict=True)))
-        np.testing.assert_allclose(np.stack(replayed), states, rtol=0, atol=1e-5)
-        success = sim.task_success()
-    finally:
-        sim.disconnect()
+    replayed, success = replay_in_scene("push-v3", SEED, 1, actions)
+    np.testing.assert_allclose(replayed, states, rtol=0, atol=1e-5)
     # Stock lerobot-replay in that scene: the recording's seed, and the episode index.
     output = _run(
         "lerobot-replay",
